@@ -1,0 +1,35 @@
+# Two entry points, both self-contained on a fresh machine (they create .venv and install into it):
+#   make demo   the main job on the offline default (real model, real corpus)
+#   make test   lint + the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test check bench clean
+
+$(BIN)/neuron-explainer: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch from the machine's local wheel; an unpinned torch would pull GBs of CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[offline,dev]"
+	touch $@
+
+install: $(BIN)/neuron-explainer
+
+demo: install
+	$(BIN)/neuron-explainer run --config configs/demo.yaml
+
+check: install
+	$(BIN)/ruff check neuron_explainer tests benchmarks
+	$(BIN)/ruff format --check neuron_explainer tests benchmarks
+
+test: install
+	$(BIN)/ruff check neuron_explainer tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/harvest.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

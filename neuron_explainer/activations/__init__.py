@@ -1,0 +1,1 @@
+"""Subject-model activations: model loading, hook points, corpus excerpts and the harvest reducer."""

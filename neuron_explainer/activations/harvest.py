@@ -1,0 +1,280 @@
+"""The harvest reducer: per-layer streaming state that turns activation batches into kept records.
+
+For every neuron of every requested layer it keeps, in memory independent of the corpus length:
+- the top-k excerpts by maximum activation (ties: lower excerpt id first);
+- k uniformly random excerpts (smallest sampling keys; the same excerpts for every neuron);
+- per bucket of the excerpt-maximum distribution, k random excerpts, bucket boundaries being the
+  quantiles of the maxima of the first `pilot` excerpts; buckets are sampled from later excerpts only,
+  so one pass suffices;
+- exact count, mean, central moments, min and max over all tokens.
+No I/O and no model code: the driver (harvest_run.py) feeds batches and writes the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from neuron_explainer.activations.reducers import Moments, SelectK, bucketize, excerpt_keys, quantile_boundaries
+from neuron_explainer.config import QUANTILES
+from neuron_explainer.errors import ActivationError
+from neuron_explainer.records.schema import NEURON_STATS, records_schema
+
+RANDOM_STREAM = 0
+QUANTILE_STREAM = 1
+N_BUCKETS = len(QUANTILES) + 1
+FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class HarvestShape:
+    """Sizes and sampling settings that every layer state shares."""
+
+    n_neurons: int
+    seq_len: int
+    top_k: int
+    random_k: int
+    quantile_k: int
+    pilot: int
+    """Excerpts [0, pilot) fix the quantile boundaries."""
+    seed: int
+
+
+class LayerState:
+    """Streaming state of one layer."""
+
+    def __init__(self, shape: HarvestShape, device: torch.device | str, act_dtype: torch.dtype) -> None:
+        self.shape = shape
+        n, t = shape.n_neurons, shape.seq_len
+        self.top = SelectK(shape.top_k, n, t, device=device, act_dtype=act_dtype)
+        self.random = SelectK(shape.random_k, n, t, device=device, act_dtype=act_dtype, score_dtype=torch.float64)
+        self.buckets = [
+            SelectK(shape.quantile_k, n, t, device=device, act_dtype=act_dtype, score_dtype=torch.float64)
+            for _ in range(N_BUCKETS)
+        ]
+        self.moments = Moments(n, device=device)
+        self.pilot_max = torch.full((shape.pilot, n), float("nan"), dtype=torch.float32, device=device)
+        self.pilot_seen = 0
+        self.boundaries: torch.Tensor | None = None
+
+    def update_pilot(self, ids: torch.Tensor, maxima: torch.Tensor) -> None:
+        """Record maxima of pilot excerpts; fixes the boundaries once the pilot is complete."""
+        if self.boundaries is not None:
+            return
+        sel = ids < self.shape.pilot
+        if sel.any():
+            self.pilot_max[ids[sel]] = maxima[sel].float()
+            self.pilot_seen += int(sel.sum())
+        if self.pilot_seen >= self.shape.pilot:
+            self.finish_pilot()
+
+    def finish_pilot(self) -> None:
+        """Fix boundaries from the pilot maxima seen so far (all of them, unless the corpus ran out)."""
+        if self.boundaries is not None:
+            return
+        seen = self.pilot_max[~torch.isnan(self.pilot_max[:, 0])]
+        if seen.shape[0] == 0:
+            seen = torch.zeros((1, self.shape.n_neurons), device=self.pilot_max.device)
+        self.boundaries = quantile_boundaries(seen, QUANTILES)
+        self.pilot_max = self.pilot_max[:0]  # free the pilot buffer: it is never needed again
+
+    def update(
+        self, ids: torch.Tensor, acts: torch.Tensor, *, keys_random: torch.Tensor, keys_quantile: torch.Tensor
+    ) -> None:
+        """Offer a batch: excerpt ids (B,) ascending, activations (B, T, N)."""
+        b, _, n = acts.shape
+        maxima = acts.amax(1)
+        self.moments.update(acts, maxima)
+        self.top.update(maxima, ids, acts)
+        if self.shape.random_k:
+            self.random.update((-keys_random)[:, None].expand(b, n), ids, acts)
+        self.update_pilot(ids, maxima)
+        if self.shape.quantile_k and self.boundaries is not None:
+            late = ids >= self.shape.pilot
+            if late.any():
+                if late.all():  # avoid copying the whole batch in the common case
+                    ids_l, acts_l, max_l = ids, acts, maxima
+                else:
+                    ids_l, acts_l, max_l = ids[late], acts[late], maxima[late]
+                bucket = bucketize(max_l, self.boundaries)
+                neg_key = (-keys_quantile[late])[:, None].expand(-1, n)
+                for j, reducer in enumerate(self.buckets):
+                    score = torch.where(bucket == j, neg_key, torch.full_like(neg_key, float("-inf")))
+                    reducer.update(score, ids_l, acts_l)
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume."""
+        return {
+            "top": self.top.state_dict(),
+            "random": self.random.state_dict(),
+            "buckets": [r.state_dict() for r in self.buckets],
+            "moments": self.moments.state_dict(),
+            "pilot_max": self.pilot_max,
+            "pilot_seen": self.pilot_seen,
+            "boundaries": self.boundaries,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`."""
+        device = self.moments.mean.device
+        self.top.load_state_dict(state["top"])
+        self.random.load_state_dict(state["random"])
+        for reducer, s in zip(self.buckets, state["buckets"], strict=True):
+            reducer.load_state_dict(s)
+        self.moments.load_state_dict(state["moments"])
+        self.pilot_max = state["pilot_max"].to(device)
+        self.pilot_seen = int(state["pilot_seen"])
+        b = state["boundaries"]
+        self.boundaries = None if b is None else b.to(device)
+
+    # -- output ----------------------------------------------------------------------------------
+    def records_table(self, layer: int, record_dtype: str) -> pa.Table:
+        """Kept records as an Arrow table, sorted by (neuron, kind, bucket, rank)."""
+        parts = [("top", None, self.top), ("random", None, self.random)]
+        parts += [("quantile", j, r) for j, r in enumerate(self.buckets)]
+        columns: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("neuron", "kind", "bucket", "rank", "excerpt_id", "max")
+        }
+        acts_parts: list[np.ndarray] = []
+        for kind_code, (_kind, bucket, reducer) in enumerate(parts):
+            if reducer.k == 0:
+                continue
+            ids = reducer.ids.T.cpu().numpy()  # (N, k): neuron-major
+            acts = reducer.sorted_acts().permute(1, 0, 2).float().cpu().numpy()  # (N, k, T)
+            valid = ids >= 0
+            neuron, rank = np.nonzero(valid)
+            columns["neuron"].append(neuron)
+            columns["rank"].append(rank)
+            columns["kind"].append(np.full(len(neuron), min(kind_code, 2)))
+            columns["bucket"].append(np.full(len(neuron), -1 if bucket is None else bucket))
+            columns["excerpt_id"].append(ids[valid])
+            sel = acts[valid]
+            columns["max"].append(sel.max(axis=1) if len(sel) else np.zeros(0))
+            acts_parts.append(sel)
+        cat = {k: np.concatenate(v) for k, v in columns.items()}
+        acts = np.concatenate(acts_parts).reshape(len(cat["neuron"]), -1)
+        order = np.lexsort((cat["rank"], cat["bucket"], cat["kind"], cat["neuron"]))
+        if record_dtype == "float16" and np.abs(acts).max(initial=0.0) > FLOAT16_MAX:
+            raise ActivationError(
+                f"layer {layer} has kept activations beyond float16 range (|a| > {FLOAT16_MAX}); "
+                "rerun with record_dtype=float32"
+            )
+        np_dtype, pa_type = (np.float16, pa.float16()) if record_dtype == "float16" else (np.float32, pa.float32())
+        flat = acts[order].astype(np_dtype).reshape(-1)
+        seq_len = acts.shape[1]
+        offsets = np.arange(0, len(order) * seq_len + 1, seq_len, dtype=np.int32)
+        kind_dict = pa.DictionaryArray.from_arrays(
+            pa.array(cat["kind"][order].astype(np.int8)), pa.array(["top", "random", "quantile"])
+        )
+        bucket = cat["bucket"][order]
+        return pa.table(
+            {
+                "layer": pa.array(np.full(len(order), layer, dtype=np.int16)),
+                "neuron": pa.array(cat["neuron"][order].astype(np.int32)),
+                "kind": kind_dict,
+                "bucket": pa.array(bucket.astype(np.int8), mask=bucket < 0),
+                "rank": pa.array(cat["rank"][order].astype(np.int16)),
+                "excerpt_id": pa.array(cat["excerpt_id"][order].astype(np.int32)),
+                "max_activation": pa.array(cat["max"][order].astype(np.float32)),
+                "activations": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa_type)),
+            },
+            schema=records_schema(pa_type),
+        )
+
+    def stats_table(self, layer: int) -> pa.Table:
+        """Per-neuron statistics as an Arrow table, sorted by neuron."""
+        if self.boundaries is None:
+            self.finish_pilot()
+        assert self.boundaries is not None
+        stats = {k: v.cpu().numpy() for k, v in self.moments.stats().items()}
+        n = self.shape.n_neurons
+        bounds = self.boundaries.T.cpu().numpy().astype(np.float64)  # (N, 4)
+        return pa.table(
+            {
+                "layer": pa.array(np.full(n, layer, dtype=np.int16)),
+                "neuron": pa.array(np.arange(n, dtype=np.int32)),
+                "count": pa.array(np.full(n, self.moments.n, dtype=np.int64)),
+                "mean": pa.array(stats["mean"]),
+                "variance": pa.array(stats["variance"]),
+                "skewness": pa.array(stats["skewness"], from_pandas=True),
+                "kurtosis": pa.array(stats["kurtosis"], from_pandas=True),
+                "min_activation": pa.array(stats["min"]),
+                "max_activation": pa.array(stats["max"]),
+                "quantile_boundaries": pa.FixedSizeListArray.from_arrays(pa.array(bounds.reshape(-1)), 4),
+                "m2": pa.array(self.moments.m2.cpu().numpy()),
+                "m3": pa.array(self.moments.m3.cpu().numpy()),
+                "m4": pa.array(self.moments.m4.cpu().numpy()),
+            },
+            schema=NEURON_STATS,
+        )
+
+
+class Harvester:
+    """Streaming state of all requested layers."""
+
+    def __init__(
+        self, layers: Sequence[int], shape: HarvestShape, device: torch.device | str, act_dtype: torch.dtype
+    ) -> None:
+        self.layers = list(layers)
+        self.shape = shape
+        self.states = {layer: LayerState(shape, device, act_dtype) for layer in self.layers}
+
+    def _keys(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            excerpt_keys(self.shape.seed, RANDOM_STREAM, ids).to(device),
+            excerpt_keys(self.shape.seed, QUANTILE_STREAM, ids).to(device),
+        )
+
+    @staticmethod
+    def _check_finite(layer: int, ids: torch.Tensor, acts: torch.Tensor) -> None:
+        # NaN and inf propagate into a sum, so checking per-excerpt sums is as strict as checking every
+        # value and costs one reduction instead of several full passes.
+        sums = acts.sum((1, 2), dtype=torch.float64)
+        if not torch.isfinite(sums).all():
+            bad = ids[~torch.isfinite(sums)].tolist()
+            raise ActivationError(
+                f"non-finite (NaN or inf) activations in layer {layer}, excerpt(s) {bad[:5]}: "
+                "the model overflowed; try dtype=float32"
+            )
+
+    def update(self, ids: torch.Tensor, acts: dict[int, torch.Tensor]) -> None:
+        """Offer one batch: excerpt ids (B,) ascending, {layer: activations (B, T, N)}."""
+        device = next(iter(acts.values())).device
+        ids = ids.to(device)
+        keys_random, keys_quantile = self._keys(ids, device)
+        for layer in self.layers:
+            a = acts[layer]
+            self._check_finite(layer, ids, a)
+            self.states[layer].update(ids, a, keys_random=keys_random, keys_quantile=keys_quantile)
+
+    def update_pilot(self, ids: torch.Tensor, acts: dict[int, torch.Tensor]) -> None:
+        """Offer a batch of pilot excerpts that lie outside this shard (maxima only)."""
+        device = next(iter(acts.values())).device
+        ids = ids.to(device)
+        for layer in self.layers:
+            self._check_finite(layer, ids, acts[layer])
+            self.states[layer].update_pilot(ids, acts[layer].amax(1))
+
+    def finish_pilot(self) -> None:
+        """Fix boundaries now (the corpus ended before the pilot did)."""
+        for state in self.states.values():
+            state.finish_pilot()
+
+    @property
+    def pilot_done(self) -> bool:
+        """Whether every layer has fixed its quantile boundaries."""
+        return all(s.boundaries is not None for s in self.states.values())
+
+    def state_dict(self) -> dict:
+        """Per-layer resumable state."""
+        return {layer: s.state_dict() for layer, s in self.states.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`."""
+        for layer, s in self.states.items():
+            s.load_state_dict(state[layer])

@@ -1,0 +1,278 @@
+"""Streaming per-neuron reducers (torch, device-agnostic): top-k selection and exact moments.
+
+Each reducer consumes one batch at a time and keeps state whose size does not depend on the corpus
+length. Every state is mergeable, so shards of a corpus reduce independently and combine exactly.
+No I/O, no model code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_NEG_INF = float("-inf")
+
+
+class SelectK:
+    """Per neuron, keep the k candidates of highest score together with their activation rows.
+
+    Order is (score descending, excerpt id ascending). Candidates must arrive in increasing id order
+    within one reducer (the stable sort then breaks ties by id); `merge` handles arbitrary id order.
+    A score of -inf marks a candidate as ineligible; empty slots hold id -1.
+
+    Activation rows live in fixed slots and only the small (k, N) score/id/slot arrays are kept sorted,
+    so an update copies just the rows of candidates that enter, not the whole (k, N, T) buffer.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        n_neurons: int,
+        seq_len: int,
+        *,
+        device: torch.device | str,
+        act_dtype: torch.dtype,
+        score_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.k = k
+        self.scores = torch.full((k, n_neurons), _NEG_INF, dtype=score_dtype, device=device)
+        self.ids = torch.full((k, n_neurons), -1, dtype=torch.int64, device=device)
+        self.slots = torch.arange(k, device=device)[:, None].repeat(1, n_neurons)
+        self.acts = torch.zeros((k, n_neurons, seq_len), dtype=act_dtype, device=device)
+
+    def update(self, scores: torch.Tensor, ids: torch.Tensor, acts: torch.Tensor) -> None:
+        """Offer a batch: scores (B, N), excerpt ids (B,), activations (B, T, N)."""
+        if self.k == 0:
+            return
+        k, device = self.k, self.scores.device
+        scores = scores.to(self.scores.dtype)
+        # Only neurons where some candidate beats the current k-th entry need work; after the first
+        # batches that is a small fraction, which keeps harvest close to the cost of a forward pass.
+        # Strict ">" is right: on a tie the kept entry has the lower id and wins.
+        cols = (scores > self.scores[-1]).any(0).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            return
+        n_new, n_cols = scores.shape[0], cols.numel()
+        cand_scores = torch.cat([self.scores[:, cols], scores[:, cols]], 0)
+        order = torch.sort(cand_scores, dim=0, descending=True, stable=True).indices
+        top, dropped = order[:k], order[k:]
+        cand_ids = torch.cat([self.ids[:, cols], ids.to(device)[:, None].expand(n_new, n_cols)], 0)
+        cand_slots = torch.cat([self.slots[:, cols], torch.full((n_new, n_cols), -1, device=device)], 0)
+        new_slots = torch.gather(cand_slots, 0, top)
+        # Entrants (slot -1 in the kept set) take over the slots of evicted old entries, matched in
+        # order within each column; their counts are equal because k entries are always kept.
+        freed = torch.gather(cand_slots, 0, dropped)
+        free_mask, enter_mask = freed >= 0, new_slots < 0
+        table = torch.full((n_new, n_cols), -1, dtype=torch.int64, device=device)
+        f_row, f_col = free_mask.nonzero(as_tuple=True)
+        table[(torch.cumsum(free_mask, 0) - 1)[f_row, f_col], f_col] = freed[f_row, f_col]
+        e_row, e_col = enter_mask.nonzero(as_tuple=True)
+        slot = table[(torch.cumsum(enter_mask, 0) - 1)[e_row, e_col], e_col]
+        new_slots[e_row, e_col] = slot
+        batch_row = top[e_row, e_col] - k
+        neuron = cols[e_col]
+        self.acts[slot, neuron] = acts[batch_row.to(acts.device), :, neuron.to(acts.device)].to(self.acts.dtype)
+        self.scores[:, cols] = torch.gather(cand_scores, 0, top)
+        self.ids[:, cols] = torch.gather(cand_ids, 0, top)
+        self.slots[:, cols] = new_slots
+
+    def sorted_acts(self) -> torch.Tensor:
+        """Activation rows in score order: (k, N, T)."""
+        return torch.gather(self.acts, 0, self.slots[:, :, None].expand(-1, -1, self.acts.shape[2]))
+
+    def merge(self, other: SelectK) -> None:
+        """Combine with another reducer's state (any id order): exact (score desc, id asc) top-k."""
+        scores = torch.cat([self.scores, other.scores], 0)
+        ids = torch.cat([self.ids, other.ids], 0)
+        acts = torch.cat([self.sorted_acts(), other.sorted_acts()], 0)
+        # Sort by id first, then stably by score: ties in score keep ascending id order.
+        id_key = torch.where(ids < 0, torch.iinfo(torch.int64).max, ids)
+        by_id = torch.sort(id_key, dim=0, stable=True).indices
+        scores, ids = torch.gather(scores, 0, by_id), torch.gather(ids, 0, by_id)
+        acts = torch.gather(acts, 0, by_id[:, :, None].expand(-1, -1, acts.shape[2]))
+        order = torch.sort(scores, dim=0, descending=True, stable=True).indices[: self.k]
+        self.scores = torch.gather(scores, 0, order)
+        self.ids = torch.gather(ids, 0, order)
+        self.acts = torch.gather(acts, 0, order[:, :, None].expand(-1, -1, acts.shape[2]))
+        self.slots = torch.arange(self.k, device=self.scores.device)[:, None].repeat(1, self.scores.shape[1])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that fully describe the state."""
+        return {"scores": self.scores, "ids": self.ids, "slots": self.slots, "acts": self.acts}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from `state_dict()` output (shapes must match)."""
+        for name in ("scores", "ids", "slots", "acts"):
+            current = getattr(self, name)
+            if state[name].shape != current.shape:
+                raise ValueError(f"state {name} has shape {tuple(state[name].shape)}, expected {tuple(current.shape)}")
+            setattr(self, name, state[name].to(device=current.device, dtype=current.dtype))
+
+
+class Moments:
+    """Exact streaming count, mean, central moment sums M2..M4, min and max per neuron.
+
+    Batches are reduced around their own mean and merged with Pébay's pairwise formulas in float64,
+    which stays accurate where raw power sums would cancel catastrophically.
+    """
+
+    def __init__(self, n_neurons: int, *, device: torch.device | str) -> None:
+        f64 = {"dtype": torch.float64, "device": device}
+        self.n = 0
+        self.mean = torch.zeros(n_neurons, **f64)
+        self.m2 = torch.zeros(n_neurons, **f64)
+        self.m3 = torch.zeros(n_neurons, **f64)
+        self.m4 = torch.zeros(n_neurons, **f64)
+        self.min = torch.full((n_neurons,), float("inf"), **f64)
+        self.max = torch.full((n_neurons,), float("-inf"), **f64)
+
+    def update(self, x: torch.Tensor, maxima: torch.Tensor | None = None) -> None:
+        """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons.
+
+        `maxima` (B, N), the per-excerpt maxima, may be passed when the caller has them already.
+        """
+        x = x.float()
+        b, t, _ = x.shape
+        nb = b * t
+
+        def sum64(v: torch.Tensor) -> torch.Tensor:
+            # Sum over tokens in float32 (T values: exact to float32 rounding), then over excerpts in
+            # float64. Converting only the (B, N) partial sums keeps the cost near one float32 pass.
+            return v.sum(1).double().sum(0)
+
+        # Centre on the float64 mean rounded to float32; the power sums about that centre are then
+        # turned into exact central moments (delta is the tiny offset left by the rounding).
+        mean64 = sum64(x) / nb
+        d = x - mean64.float()
+        d2 = d * d
+        s1, s2, s3, s4 = sum64(d), sum64(d2), sum64(d2 * d), sum64(d2 * d2)
+        delta = s1 / nb
+        other = Moments.__new__(Moments)
+        other.n = nb
+        other.mean = mean64
+        other.m2 = s2 - nb * delta**2
+        other.m3 = s3 - 3 * delta * s2 + 2 * nb * delta**3
+        other.m4 = s4 - 4 * delta * s3 + 6 * delta**2 * s2 - 3 * nb * delta**4
+        other.min = x.amin((0, 1)).double()
+        other.max = (x.amax(1) if maxima is None else maxima).amax(0).double()
+        self.merge(other)
+
+    def merge(self, other: Moments) -> None:
+        """Combine with another state (exact up to float64 rounding)."""
+        na, nb = self.n, other.n
+        if nb == 0:
+            return
+        if na == 0:
+            self.n, self.mean, self.m2, self.m3, self.m4 = nb, other.mean, other.m2, other.m3, other.m4
+            self.min, self.max = other.min, other.max
+            return
+        n = na + nb
+        delta = other.mean - self.mean
+        d2 = delta * delta
+        m2 = self.m2 + other.m2 + d2 * na * nb / n
+        m3 = (
+            self.m3
+            + other.m3
+            + d2 * delta * na * nb * (na - nb) / n**2
+            + 3 * delta * (na * other.m2 - nb * self.m2) / n
+        )
+        m4 = (
+            self.m4
+            + other.m4
+            + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / n**3
+            + 6 * d2 * (na * na * other.m2 + nb * nb * self.m2) / n**2
+            + 4 * delta * (na * other.m3 - nb * self.m3) / n
+        )
+        self.mean = self.mean + delta * nb / n
+        self.m2, self.m3, self.m4, self.n = m2, m3, m4, n
+        self.min = torch.minimum(self.min, other.min)
+        self.max = torch.maximum(self.max, other.max)
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Mean, population variance, skewness and excess kurtosis (NaN where variance is 0)."""
+        n = self.n
+        var = self.m2 / n
+        with torch.no_grad():
+            skew = (n**0.5) * self.m3 / self.m2.pow(1.5)
+            kurt = n * self.m4 / (self.m2 * self.m2) - 3.0
+        zero = self.m2 <= 0
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=var.device)
+        return {
+            "mean": self.mean,
+            "variance": var,
+            "skewness": torch.where(zero, nan, skew),
+            "kurtosis": torch.where(zero, nan, kurt),
+            "min": self.min,
+            "max": self.max,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that fully describe the state."""
+        return {
+            "n": torch.tensor(self.n),
+            "mean": self.mean,
+            "m2": self.m2,
+            "m3": self.m3,
+            "m4": self.m4,
+            "min": self.min,
+            "max": self.max,
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from `state_dict()` output."""
+        device = self.mean.device
+        self.n = int(state["n"])
+        for name in ("mean", "m2", "m3", "m4", "min", "max"):
+            setattr(self, name, state[name].to(device=device, dtype=torch.float64))
+
+
+def quantile_boundaries(values: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:
+    """Quantiles along dim 0 with linear interpolation (numpy's default method), in float64.
+
+    Written out because torch.quantile refuses inputs above 2**24 elements.
+    Returns shape (len(quantiles), N).
+    """
+    v = torch.sort(values.double(), dim=0).values
+    n = v.shape[0]
+    out = []
+    for q in quantiles:
+        pos = q * (n - 1)
+        lo = int(pos // 1)
+        hi = min(lo + 1, n - 1)
+        frac = pos - lo
+        out.append(v[lo] + (v[hi] - v[lo]) * frac)
+    return torch.stack(out)
+
+
+def bucketize(values: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """Bucket index = number of boundaries <= value. values (B, N), boundaries (Q, N) -> (B, N) int64."""
+    return (values.double()[:, None, :] >= boundaries[None]).sum(1)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def excerpt_keys(seed: int, stream: int, excerpt_ids: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) sampling keys, a pure function of (seed, stream, excerpt id).
+
+    SplitMix64 finalizer on CPU int64 (wrapping arithmetic); the top 53 bits become a float64. The k
+    excerpts with the smallest keys form a uniform sample without replacement that any shard can
+    recompute and merge, whatever the corpus length.
+    """
+    ids = excerpt_ids.to("cpu", torch.int64)
+    z = ids * _to_signed(0x9E3779B97F4A7C15) + _to_signed(
+        (seed * 0x632BE59BD9B4E019 + stream * 0xD1B54A32D192ED03) & _MASK64
+    )
+    z = (z ^ _lsr(z, 30)) * _to_signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _lsr(z, 27)) * _to_signed(0x94D049BB133111EB)
+    z = z ^ _lsr(z, 31)
+    return _lsr(z, 11).double() / float(1 << 53)
+
+
+def _to_signed(v: int) -> int:
+    v &= _MASK64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _lsr(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical shift right of int64 (torch's >> is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)

@@ -1,0 +1,270 @@
+"""Command-line interface (typer). The only module that prints, shows progress or exits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from neuron_explainer.config import RunConfig, load_config
+from neuron_explainer.errors import ConfigError, NeuronExplainerError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Harvest, explain, simulate and score the MLP neurons of transformer language models.",
+)
+console = Console(stderr=True)
+out = Console(soft_wrap=True)
+logger = logging.getLogger("neuron_explainer")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        handlers=[RichHandler(console=console, show_path=False)],
+        format="%(message)s",
+        force=True,
+    )
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-")
+                layers += range(int(a), int(b) + 1)
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--layers must look like 0,5,11 or 0-5, got {text!r}") from None
+    return layers
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _do_harvest(cfg: RunConfig, force: bool) -> dict[str, Any]:
+    from neuron_explainer.activations.driver import HarvestRun
+
+    h = cfg.harvest
+    console.print(f"loading subject model {h.model} ({h.dtype}, {h.device}) ...")
+    run = HarvestRun(h, cfg.out, force=force)
+    if run.already_complete:
+        console.print(f"harvest in {cfg.out} is already complete (same config); nothing to do")
+        manifest = run.store.read_manifest()
+        assert manifest is not None
+        return manifest
+    plan = run.plan()
+    console.print(
+        f"harvesting {len(plan.layers)} layer(s) x {plan.n_neurons} neurons over {plan.n_excerpts} excerpts of "
+        f"{plan.excerpt_len} tokens from {h.corpus.source}\n"
+        f"estimated disk use: {_fmt_bytes(plan.estimated_bytes)} in {cfg.out}"
+        + (f"\nresuming at excerpt {plan.resumed_from}" if plan.resumed_from else "")
+    )
+    columns = [
+        TextColumn("harvest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("excerpts"),
+        TextColumn("{task.fields[rate]} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    import time
+
+    t0 = time.monotonic()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("harvest", total=plan.n_excerpts, completed=0, rate="-")
+        start_tokens: list[int] = []
+
+        def on_progress(excerpts: int, tokens: int) -> None:
+            if not start_tokens:
+                start_tokens.append(tokens)
+            rate = (tokens - start_tokens[0]) / max(time.monotonic() - t0, 1e-9)
+            progress.update(task, completed=excerpts, rate=f"{rate:,.0f}")
+
+        manifest = run.run(progress=on_progress)
+    result = manifest["harvest"]["result"]
+    console.print(
+        f"harvested {result['n_excerpts']} excerpts ({result['n_tokens']:,} tokens) in "
+        f"{time.monotonic() - t0:.1f} s -> {cfg.out}"
+    )
+    return manifest
+
+
+def _show(run_dir: str, neurons: list[tuple[int, int]], n_top: int) -> None:
+    from neuron_explainer.records.reader import load_neuron_record
+    from neuron_explainer.show import render_neuron
+
+    for layer, neuron in neurons:
+        out.print(render_neuron(load_neuron_record(run_dir, layer, neuron), n_top=n_top), highlight=False, markup=False)
+        out.print()
+
+
+def _pick_neurons(manifest: dict[str, Any], count: int) -> list[tuple[int, int]]:
+    """A few neurons spread over the harvested layers: the highest-kurtosis neuron of some layers."""
+    import pyarrow.parquet as pq
+
+    from neuron_explainer.records.store import RunStore
+
+    layers = manifest["harvest"]["layers"]
+    store = RunStore(manifest["harvest"].get("out", "."))
+    picks = []
+    step = max(1, len(layers) // max(count, 1))
+    for layer in layers[::step][:count]:
+        table = pq.read_table(store.stats_path(layer), columns=["neuron", "kurtosis"]).to_pandas()
+        picks.append((layer, int(table.sort_values("kurtosis", ascending=False).iloc[0]["neuron"])))
+    return picks
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")]
+
+
+@app.command()
+def harvest(
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="builtin:<name>, hub id, local dir or .gguf file.")] = None,
+    corpus: Annotated[str | None, typer.Option(help="builtin:<name>, hub dataset id, or local files.")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Run directory.")] = None,
+    layers: Annotated[str | None, typer.Option(help="e.g. 0,5,11 or 0-3 (default: all).")] = None,
+    n_excerpts: Annotated[int | None, typer.Option(help="Excerpts to harvest.")] = None,
+    excerpt_len: Annotated[int | None, typer.Option(help="Tokens per excerpt.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-activating excerpts kept per neuron.")] = None,
+    random_k: Annotated[int | None, typer.Option(help="Random excerpts kept per neuron.")] = None,
+    quantile_k: Annotated[int | None, typer.Option(help="Random excerpts per quantile bucket.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Excerpts per forward pass.")] = None,
+    corpus_split: Annotated[str | None, typer.Option(help="Dataset split (hub datasets).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (hub, jsonl, parquet).")] = None,
+    excerpts_per_doc: Annotated[int | None, typer.Option(help="Max excerpts per document.")] = None,
+    excerpt_range: Annotated[str | None, typer.Option(help="START:STOP shard of the excerpt stream.")] = None,
+    overrides: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Delete an existing harvest with another config.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Harvest MLP neuron activations: top, random and quantile excerpts plus statistics, to Parquet."""
+    _setup_logging(verbose)
+    sets = list(overrides or [])
+    flags = {
+        "model": model,
+        "layers": layers,
+        "n_excerpts": n_excerpts,
+        "excerpt_len": excerpt_len,
+        "top_k": top_k,
+        "random_k": random_k,
+        "quantile_k": quantile_k,
+        "seed": seed,
+        "device": device,
+        "dtype": dtype,
+        "batch_size": batch_size,
+    }
+    corpus_flags = {
+        "source": corpus,
+        "split": corpus_split,
+        "text_column": text_column,
+        "excerpts_per_doc": excerpts_per_doc,
+    }
+    try:
+        for key, value in flags.items():
+            if value is not None:
+                sets.append(f"harvest.{key}={_parse_layers(value) if key == 'layers' else value}")
+        for key, value in corpus_flags.items():
+            if value is not None:
+                sets.append(f"harvest.corpus.{key}={value}")
+        if excerpt_range is not None:
+            a, b = excerpt_range.split(":")
+            sets.append(f"harvest.excerpt_range=[{int(a)}, {int(b)}]")
+        if out_dir is not None:
+            sets.append(f"out={out_dir}")
+        cfg = load_config(config, sets)
+        _do_harvest(cfg, force)
+    except NeuronExplainerError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(ConfigError(f"bad option value: {e}"))
+
+
+@app.command()
+def show(
+    run_dir: Annotated[str, typer.Option("--run", help="Run directory.")],
+    neuron: Annotated[list[str], typer.Option(help="LAYER:NEURON, repeatable.")],
+    n_top: Annotated[int, typer.Option(help="Top excerpts to print per neuron.")] = 5,
+) -> None:
+    """Print neurons' statistics and top-activating excerpts (activations as 0-10 levels)."""
+    _setup_logging(False)
+    try:
+        pairs = []
+        for item in neuron:
+            layer, idx = item.split(":")
+            pairs.append((int(layer), int(idx)))
+    except ValueError:
+        _fail(ConfigError("--neuron must look like LAYER:NEURON, e.g. 5:123"))
+    try:
+        _show(run_dir, pairs, n_top)
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Delete existing outputs made with another config.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the pipeline from a config: harvest, then print a few neurons' top excerpts."""
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config, overrides)
+        manifest = _do_harvest(cfg, force)
+        manifest["harvest"]["out"] = cfg.out
+        if cfg.show_neurons:
+            out.print(
+                f"\nthe highest-kurtosis neuron of {cfg.show_neurons} layer(s), top excerpts "
+                "(⟨n⟩ = activation on a 0-10 scale):\n",
+                highlight=False,
+            )
+            _show(cfg.out, _pick_neurons(manifest, cfg.show_neurons), 3)
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+def main() -> None:
+    """Entry point for `python -m neuron_explainer`."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

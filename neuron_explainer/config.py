@@ -1,0 +1,160 @@
+"""Typed run configuration: pydantic models, YAML loading, dotted overrides, semantic hash.
+
+Imports nothing heavy (no torch, no transformers) so that `--help` and config validation are instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neuron_explainer.errors import ConfigError
+
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+"""Quantiles of the per-excerpt maximum that split excerpts into the 5 sampling buckets."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class CorpusConfig(_Config):
+    """Where the harvest text comes from."""
+
+    source: str = "builtin:gensim-lee"
+    """`builtin:<name>`, a Hugging Face dataset id, or local .txt/.jsonl/.json/.parquet files (a path,
+    a directory or a glob; comma-separate several). A .txt file is one document."""
+    name: str | None = None
+    """Dataset configuration name (hub datasets only)."""
+    split: str = "train"
+    """Dataset split (hub datasets only)."""
+    text_column: str = "text"
+    """Column holding the document text (hub, jsonl and parquet sources)."""
+    revision: str | None = None
+    """Dataset revision (hub datasets only); recorded in the manifest."""
+    excerpts_per_doc: int | None = Field(default=None, ge=1)
+    """Take at most this many excerpts from one document (None: every non-overlapping window)."""
+
+
+class HarvestConfig(_Config):
+    """What to harvest and how. Fields marked non-semantic do not change the result."""
+
+    model: str = "builtin:gemma3-270m"
+    """`builtin:<name>`, a Hugging Face hub id, a local model directory, or a .gguf file."""
+    model_revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model."""
+    corpus: CorpusConfig = CorpusConfig()
+    layers: list[int] | None = None
+    """Layers to harvest (None: all)."""
+    n_excerpts: int = Field(default=50_000, ge=1)
+    """Number of excerpts to harvest; fewer if the corpus runs out (with a warning)."""
+    excerpt_len: int = Field(default=64, ge=2)
+    """Tokens per excerpt. Excerpts never cross a document boundary."""
+    top_k: int = Field(default=20, ge=1)
+    """Excerpts kept per neuron with the highest maximum activation."""
+    random_k: int = Field(default=20, ge=0)
+    """Uniformly random excerpts kept per neuron."""
+    quantile_k: int = Field(default=5, ge=0)
+    """Random excerpts kept per neuron in each of the 5 excerpt-maximum quantile buckets."""
+    quantile_pilot_excerpts: int = Field(default=2_000, ge=2)
+    """Excerpts whose maxima fix the quantile boundaries (capped at half of n_excerpts). Bucket samples
+    are drawn from the excerpts after them, so that one pass suffices and memory stays bounded."""
+    seed: int = 0
+    """Seed of excerpt offsets and of the random and quantile-bucket samples."""
+    prepend_bos: bool | None = None
+    """Feed a BOS token before each excerpt (not part of the record). None: if the tokenizer adds one."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the subject model runs in."""
+    record_dtype: Literal["float16", "float32"] = "float16"
+    """Dtype of stored per-token activations (float16 halves disk use; about 3 significant digits)."""
+    device: str = "cpu"
+    """Torch device (`cpu`, `cuda`, `cuda:1`, ...). Non-semantic."""
+    batch_size: int = Field(default=16, ge=1)
+    """Excerpts per forward pass. Non-semantic."""
+    checkpoint_seconds: float = Field(default=120.0, ge=0)
+    """Save resumable state at most this often (0: after every batch). Non-semantic."""
+    excerpt_range: tuple[int, int] | None = None
+    """Harvest only excerpts [start, stop) of the run's excerpt stream: a corpus shard to merge later."""
+
+    @model_validator(mode="after")
+    def _check(self) -> HarvestConfig:
+        if self.layers is not None:
+            if not self.layers:
+                raise ValueError("layers must not be empty (omit it to harvest every layer)")
+            if any(layer < 0 for layer in self.layers):
+                raise ValueError(f"layers must be >= 0, got {self.layers}")
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers has duplicates: {self.layers}")
+        if self.excerpt_range is not None:
+            start, stop = self.excerpt_range
+            if not 0 <= start < stop <= self.n_excerpts:
+                raise ValueError(f"excerpt_range must satisfy 0 <= start < stop <= n_excerpts, got {start, stop}")
+        return self
+
+    @property
+    def pilot_excerpts(self) -> int:
+        """Number of leading excerpts that fix the quantile boundaries."""
+        return max(1, min(self.quantile_pilot_excerpts, self.n_excerpts // 2))
+
+
+NON_SEMANTIC_HARVEST_FIELDS = frozenset({"device", "batch_size", "checkpoint_seconds"})
+
+
+class RunConfig(_Config):
+    """One run: where it writes and each stage's settings."""
+
+    out: str = "runs/default"
+    """Run directory. Non-semantic."""
+    harvest: HarvestConfig = HarvestConfig()
+    show_neurons: int = Field(default=3, ge=0)
+    """How many neurons `run` prints at the end (their top excerpts)."""
+
+
+def harvest_semantic_hash(cfg: HarvestConfig) -> str:
+    """Hash of every harvest setting that can change the output (excludes device, batch size, ...)."""
+    data = cfg.model_dump(mode="json", exclude=set(NON_SEMANTIC_HARVEST_FIELDS))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config and apply `a.b=value` overrides (values parsed as YAML).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or a key or value is invalid.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+        data = loaded or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config{f' {path}' if path else ''}:\n{e}") from e

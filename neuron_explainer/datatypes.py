@@ -1,0 +1,72 @@
+"""Core domain types. Pure data: no I/O, no torch.
+
+Field names follow OpenAI's published neuron-explainer data (`NeuronId`, `ActivationRecord`,
+`NeuronRecord`) so that researchers who know that release can read ours without a glossary, and so the
+converter to and from that format is a field-by-field copy.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NeuronId(_Frozen):
+    """Identifies one MLP neuron of the subject model."""
+
+    layer_index: int = Field(ge=0)
+    """0-based transformer block index."""
+    neuron_index: int = Field(ge=0)
+    """0-based index into the MLP's hidden dimension (the input of the output projection)."""
+
+
+class ActivationRecord(_Frozen):
+    """One excerpt and one neuron's activation at each of its tokens."""
+
+    tokens: list[str]
+    """Decoded token strings; concatenated they give the excerpt's text."""
+    activations: list[float]
+    """Raw neuron activations (units of the model's MLP hidden state), one per token."""
+    excerpt_id: int | None = None
+    """Id of the excerpt in the run's `excerpts` table (None for records from elsewhere)."""
+
+
+class NeuronStats(_Frozen):
+    """Summary statistics of one neuron over every token of the harvest corpus."""
+
+    neuron_id: NeuronId
+    count: int
+    """Number of tokens the statistics are computed over."""
+    mean: float
+    variance: float
+    """Population variance (ddof=0)."""
+    skewness: float
+    """Fisher-Pearson skewness m3 / m2^1.5 (biased, as scipy.stats.skew)."""
+    kurtosis: float
+    """Excess kurtosis m4 / m2^2 - 3 (Fisher, biased, as scipy.stats.kurtosis)."""
+    min_activation: float
+    max_activation: float
+    quantile_boundaries: list[float]
+    """Per-excerpt maximum activation at quantiles 0.5, 0.9, 0.99, 0.999 (see docs/data_format.md)."""
+
+
+class NeuronRecord(_Frozen):
+    """Everything harvest keeps for one neuron."""
+
+    neuron_id: NeuronId
+    most_positive_activation_records: list[ActivationRecord]
+    """Excerpts with the highest maximum activation, highest first (ties: lower excerpt id first)."""
+    random_sample: list[ActivationRecord]
+    """Uniformly random excerpts, in the order of their sampling keys."""
+    random_sample_by_quantile: list[list[ActivationRecord]]
+    """Random excerpts per bucket of the excerpt-maximum distribution; 5 buckets, lowest first."""
+    quantile_boundaries: list[float]
+    """The 4 bucket boundaries: per-excerpt maximum activation at quantiles 0.5, 0.9, 0.99, 0.999."""
+    mean: float
+    variance: float
+    skewness: float
+    kurtosis: float
+    """Excess kurtosis (Fisher)."""

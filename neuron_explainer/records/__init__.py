@@ -1,0 +1,1 @@
+"""On-disk data layer: Arrow schemas, the run directory, and readers."""

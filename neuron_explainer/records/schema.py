@@ -1,0 +1,55 @@
+"""Arrow schemas of every harvest table, with SCHEMA_VERSION. Documented in docs/data_format.md."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+"""Bump on any incompatible change to a table below; readers refuse other versions."""
+
+RECORD_KINDS = ("top", "random", "quantile")
+
+EXCERPTS = pa.schema(
+    [
+        pa.field("excerpt_id", pa.int32(), nullable=False),
+        pa.field("doc_index", pa.int64(), nullable=False),
+        pa.field("token_start", pa.int32(), nullable=False),
+        pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("tokens", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
+def records_schema(activation_type: pa.DataType) -> pa.Schema:
+    """One row per (neuron, kept excerpt); activations stored as float16 or float32."""
+    return pa.schema(
+        [
+            pa.field("layer", pa.int16(), nullable=False),
+            pa.field("neuron", pa.int32(), nullable=False),
+            pa.field("kind", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("bucket", pa.int8(), nullable=True),
+            pa.field("rank", pa.int16(), nullable=False),
+            pa.field("excerpt_id", pa.int32(), nullable=False),
+            pa.field("max_activation", pa.float32(), nullable=False),
+            pa.field("activations", pa.list_(activation_type), nullable=False),
+        ]
+    )
+
+
+NEURON_STATS = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64(), nullable=False),
+        pa.field("variance", pa.float64(), nullable=False),
+        pa.field("skewness", pa.float64(), nullable=True),
+        pa.field("kurtosis", pa.float64(), nullable=True),
+        pa.field("min_activation", pa.float64(), nullable=False),
+        pa.field("max_activation", pa.float64(), nullable=False),
+        pa.field("quantile_boundaries", pa.list_(pa.float64(), 4), nullable=False),
+        pa.field("m2", pa.float64(), nullable=False),
+        pa.field("m3", pa.float64(), nullable=False),
+        pa.field("m4", pa.float64(), nullable=False),
+    ]
+)
