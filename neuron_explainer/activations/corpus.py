@@ -234,8 +234,10 @@ def open_corpus(cfg: CorpusConfig) -> Corpus:
 
 
 def _windows(seed: int, doc_index: int, n_tokens: int, excerpt_len: int, cap: int | None) -> list[int]:
-    """Start offsets of a document's excerpts: non-overlapping windows after a seeded offset within the
-    leftover tokens; with a cap, a seeded subset of those windows, in document order.
+    """Start offsets of a document's excerpts.
+
+    Non-overlapping windows after a seeded offset within the leftover tokens; with a cap, a seeded
+    subset of those windows, in document order.
     """
     n_all = n_tokens // excerpt_len
     if n_all == 0:
