@@ -211,6 +211,8 @@ def open_corpus(cfg: CorpusConfig) -> Corpus:
             raise CorpusError(
                 f"corpus files must all be one of {sorted(LOCAL_FORMATS)}; got {sorted({p.suffix for p in paths})}"
             )
+        if all(p.stat().st_size == 0 for p in paths):
+            raise CorpusError(f"corpus {source!r} has no documents: every file is empty")
         builder = kinds.pop()
         kwargs: dict[str, Any] = {"data_files": [str(p) for p in paths], "split": "train"}
         if builder == "text":
