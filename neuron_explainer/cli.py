@@ -261,6 +261,25 @@ def run(
         _fail(e)
 
 
+@app.command()
+def merge(
+    shards: Annotated[list[str], typer.Argument(help="Run directories of completed harvest shards.")],
+    out_dir: Annotated[str, typer.Option("--out", help="New run directory for the merged result.")],
+) -> None:
+    """Merge harvest shards (disjoint layers, or disjoint excerpt ranges) into one run, exactly."""
+    _setup_logging(False)
+    from neuron_explainer.records.merge import merge_runs
+
+    try:
+        manifest = merge_runs(shards, out_dir)
+    except NeuronExplainerError as e:
+        _fail(e)
+    h = manifest["harvest"]
+    console.print(
+        f"merged {len(shards)} shard(s): layers {h['layers']}, excerpts {h['result']['excerpt_range']} -> {out_dir}"
+    )
+
+
 def main() -> None:
     """Entry point for `python -m neuron_explainer`."""
     app()

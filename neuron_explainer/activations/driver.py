@@ -28,7 +28,7 @@ from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.activations.text import decode_tokens
 from neuron_explainer.config import QUANTILES, HarvestConfig, harvest_semantic_hash
 from neuron_explainer.errors import CorpusError, RunDirError
-from neuron_explainer.records.schema import EXCERPTS, SCHEMA_VERSION
+from neuron_explainer.records.schema import EXCERPTS, RECORDS_WRITE_OPTIONS, SCHEMA_VERSION
 from neuron_explainer.records.store import RunStore, write_table_atomic
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,6 @@ class HarvestRun:
         self.store.write_manifest(self._manifest("in_progress"))
 
         pending: list[dict[str, Any]] = []
-        part_start = next_id
         last_ckpt = time.monotonic()
         batch: list[tuple[Excerpt, str]] = []
 
@@ -279,13 +278,13 @@ class HarvestRun:
             batch.clear()
 
         def checkpoint(upto: int) -> None:
-            nonlocal pending, part_start, last_ckpt
+            nonlocal pending, last_ckpt
             if pending:
                 write_table_atomic(
-                    pa.Table.from_pylist(pending, schema=EXCERPTS), self.store.excerpt_part_path(part_start)
+                    pa.Table.from_pylist(pending, schema=EXCERPTS),
+                    self.store.excerpt_part_path(pending[0]["excerpt_id"]),
                 )
             pending = []
-            part_start = upto
             state = {
                 "semantic_hash": self.semantic_hash,
                 "next_id": upto,
@@ -332,6 +331,7 @@ class HarvestRun:
                 state.records_table(layer, cfg.record_dtype),
                 self.store.records_path(layer),
                 row_group_size=max(1, 64 * (cfg.top_k + cfg.random_k + N_BUCKETS * cfg.quantile_k)),
+                **RECORDS_WRITE_OPTIONS,
             )
             write_table_atomic(state.stats_table(layer), self.store.stats_path(layer))
         result = {

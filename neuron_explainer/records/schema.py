@@ -53,3 +53,12 @@ NEURON_STATS = pa.schema(
         pa.field("m4", pa.float64(), nullable=False),
     ]
 )
+
+
+RECORDS_WRITE_OPTIONS = {
+    # float16 activations are near-incompressible as plain bytes; splitting their byte streams and
+    # skipping the (always abandoned) dictionary saves about 8% on real records.
+    "use_dictionary": ["kind"],
+    "use_byte_stream_split": ["activations.list.element", "max_activation"],
+}
+"""Parquet writer options for `records` tables."""

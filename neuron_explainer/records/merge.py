@@ -1,0 +1,182 @@
+"""Merge harvest shards (disjoint layer sets, or disjoint ranges of one excerpt stream) into one run.
+
+The result is exactly what one unsharded harvest writes: top-k, random and bucket samples are re-selected
+from the shards' kept records with the same ordering keys, and moments merge with Pébay's formulas.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM
+from neuron_explainer.activations.reducers import Moments, excerpt_keys
+from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
+from neuron_explainer.errors import RunDirError
+from neuron_explainer.records.schema import NEURON_STATS, RECORDS_WRITE_OPTIONS
+from neuron_explainer.records.store import RunStore, write_table_atomic
+
+_SHARD_FIELDS = ("excerpt_range", "layers")
+
+
+def _read(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RunDirError(f"{path} is corrupt or unreadable: {e}") from e
+
+
+def _select(table: pa.Table, seed: int, cfg: HarvestConfig) -> pa.Table:
+    """Re-select each neuron's kept records from the union of shards' records."""
+    neuron = table["neuron"].to_numpy()
+    kind = pc.cast(table["kind"], pa.string()).to_numpy(zero_copy_only=False)
+    bucket = table["bucket"].fill_null(-1).to_numpy()
+    eid = table["excerpt_id"].to_numpy().astype(np.int64)
+    keys_r = excerpt_keys(seed, RANDOM_STREAM, torch.from_numpy(eid)).numpy()
+    keys_q = excerpt_keys(seed, QUANTILE_STREAM, torch.from_numpy(eid)).numpy()
+    kind_code = np.select([kind == "top", kind == "random"], [0, 1], 2)
+    # one ordering key per row: top by (max desc, id asc); random and quantile by (key asc, id asc)
+    score = np.where(
+        kind_code == 0, -table["max_activation"].to_numpy().astype(np.float64), np.where(kind_code == 1, keys_r, keys_q)
+    )
+    order = np.lexsort((eid, score, bucket, kind_code, neuron))
+    group = np.stack([neuron, kind_code, bucket], 1)[order]
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = (group[1:] != group[:-1]).any(1)
+    starts = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
+    rank = np.arange(len(order)) - starts
+    limit = np.select([group[:, 1] == 0, group[:, 1] == 1], [cfg.top_k, cfg.random_k], cfg.quantile_k)
+    keep = order[rank < limit]
+    out = table.take(pa.array(keep))
+    return out.set_column(out.schema.get_field_index("rank"), "rank", pa.array(rank[rank < limit].astype(np.int16)))
+
+
+def _merge_stats(tables: list[pa.Table]) -> pa.Table:
+    merged: Moments | None = None
+    for t in tables:
+        m = Moments(t.num_rows, device="cpu")
+        m.n = int(t["count"][0].as_py())
+        m.mean = torch.tensor(t["mean"].to_numpy())
+        m.m2, m.m3, m.m4 = (torch.tensor(t[c].to_numpy()) for c in ("m2", "m3", "m4"))
+        m.min, m.max = torch.tensor(t["min_activation"].to_numpy()), torch.tensor(t["max_activation"].to_numpy())
+        if merged is None:
+            merged = m
+        else:
+            merged.merge(m)
+    assert merged is not None
+    bounds = [t["quantile_boundaries"] for t in tables]
+    if any(not b.equals(bounds[0]) for b in bounds[1:]):
+        raise RunDirError("shards disagree on quantile boundaries: they were not cut from one excerpt stream")
+    s = {k: v.numpy() for k, v in merged.stats().items()}
+    first = tables[0]
+    return pa.table(
+        {
+            "layer": first["layer"],
+            "neuron": first["neuron"],
+            "count": pa.array(np.full(first.num_rows, merged.n, dtype=np.int64)),
+            "mean": pa.array(s["mean"]),
+            "variance": pa.array(s["variance"]),
+            "skewness": pa.array(s["skewness"], from_pandas=True),
+            "kurtosis": pa.array(s["kurtosis"], from_pandas=True),
+            "min_activation": pa.array(s["min"]),
+            "max_activation": pa.array(s["max"]),
+            "quantile_boundaries": first["quantile_boundaries"],
+            "m2": pa.array(merged.m2.numpy()),
+            "m3": pa.array(merged.m3.numpy()),
+            "m4": pa.array(merged.m4.numpy()),
+        },
+        schema=NEURON_STATS,
+    )
+
+
+def merge_runs(shards: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """Merge completed harvest shards into `out`; returns the merged manifest.
+
+    Raises:
+        RunDirError: a shard is incomplete, the shards' configs differ in more than layers and excerpt
+            range, or they overlap, or they are neither layer shards nor excerpt-range shards.
+    """
+    stores = [RunStore(s) for s in shards]
+    manifests = [s.require_harvest() for s in stores]
+    configs = [HarvestConfig.model_validate(m["harvest"]["config"]) for m in manifests]
+    base = configs[0]
+    for cfg, store in zip(configs[1:], stores[1:], strict=True):
+        if harvest_semantic_hash(cfg.model_copy(update={f: None for f in _SHARD_FIELDS})) != harvest_semantic_hash(
+            base.model_copy(update={f: None for f in _SHARD_FIELDS})
+        ):
+            raise RunDirError(f"{store.root} was harvested with another config than {stores[0].root}")
+    layer_sets = [m["harvest"]["layers"] for m in manifests]
+    ranges = [tuple(m["harvest"]["result"]["excerpt_range"]) for m in manifests]
+    out_store = RunStore(out)
+    if out_store.manifest_path.exists():
+        raise RunDirError(f"{out_store.root} already holds a run; merge into a new directory")
+    if all(r == ranges[0] for r in ranges) and len({tuple(ls) for ls in layer_sets}) == len(layer_sets):
+        if len({layer for ls in layer_sets for layer in ls}) != sum(len(ls) for ls in layer_sets):
+            raise RunDirError("layer shards overlap")
+        mode = "layers"
+    elif all(ls == layer_sets[0] for ls in layer_sets):
+        mode = "excerpts"
+        ordered = sorted(zip(ranges, stores, manifests, strict=True), key=lambda x: x[0][0])
+        for (r1, _, _), (r2, _, _) in zip(ordered, ordered[1:], strict=False):
+            if r1[1] != r2[0]:
+                raise RunDirError(f"excerpt-range shards must be contiguous and disjoint; got {r1} then {r2}")
+        stores = [s for _, s, _ in ordered]
+        manifests = [m for _, _, m in ordered]
+        ranges = [r for r, _, _ in ordered]
+    else:
+        raise RunDirError("shards must differ only in layers (same excerpts) or only in excerpt range (same layers)")
+
+    out_store.root.mkdir(parents=True, exist_ok=True)
+    layers = sorted({layer for ls in layer_sets for layer in ls})
+    for layer in layers:
+        if mode == "layers":
+            src = next(s for s, ls in zip(stores, layer_sets, strict=True) if layer in ls)
+            shutil.copy(src.records_path(layer), _mk(out_store.records_path(layer)))
+            shutil.copy(src.stats_path(layer), _mk(out_store.stats_path(layer)))
+        else:
+            records = pa.concat_tables([_read(s.records_path(layer)) for s in stores], promote_options="permissive")
+            write_table_atomic(
+                _select(records, base.seed, base), out_store.records_path(layer), **RECORDS_WRITE_OPTIONS
+            )
+            write_table_atomic(_merge_stats([_read(s.stats_path(layer)) for s in stores]), out_store.stats_path(layer))
+    for s in stores if mode == "excerpts" else stores[:1]:
+        for part in sorted(s.excerpts_dir.glob("part-*.parquet")):
+            shutil.copy(part, _mk(out_store.excerpts_dir / part.name))
+    first = manifests[0]
+    full_range = (ranges[0][0], ranges[-1][1])
+    merged_cfg = base.model_copy(
+        update={
+            "layers": None if base.layers is None and mode == "excerpts" else layers,
+            "excerpt_range": None if full_range == (0, base.n_excerpts) else full_range,
+        }
+    )
+    if mode == "layers" and layers == list(range(first["harvest"]["n_layers_model"])):
+        merged_cfg = merged_cfg.model_copy(update={"layers": None})
+    harvest = dict(first["harvest"])
+    harvest.update(
+        config=merged_cfg.model_dump(mode="json"),
+        semantic_hash=harvest_semantic_hash(merged_cfg),
+        layers=layers,
+        merged_from=[str(s.root) for s in stores],
+        result={
+            "n_excerpts": full_range[1] - full_range[0],
+            "n_tokens": (full_range[1] - full_range[0]) * base.excerpt_len,
+            "excerpt_range": list(full_range),
+            "documents_read": max(m["harvest"]["result"]["documents_read"] for m in manifests),
+        },
+    )
+    manifest = {**first, "harvest": harvest, "status": {"harvest": "complete"}}
+    out_store.write_manifest(manifest)
+    return manifest
+
+
+def _mk(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
