@@ -106,11 +106,23 @@ def _do_harvest(cfg: RunConfig, force: bool) -> dict[str, Any]:
         task = progress.add_task("harvest", total=plan.n_excerpts, completed=0, rate="-")
         start_tokens: list[int] = []
 
+        last_line = [t0]
+
         def on_progress(excerpts: int, tokens: int) -> None:
             if not start_tokens:
                 start_tokens.append(tokens)
-            rate = (tokens - start_tokens[0]) / max(time.monotonic() - t0, 1e-9)
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            rate = (tokens - start_tokens[0]) / elapsed
             progress.update(task, completed=excerpts, rate=f"{rate:,.0f}")
+            if not console.is_terminal and time.monotonic() - last_line[0] >= 30:
+                # a log file gets no live bar: print a line every 30 s instead
+                last_line[0] = time.monotonic()
+                left = (plan.n_excerpts - excerpts) * plan.excerpt_len / max(rate, 1e-9)
+                console.print(
+                    f"harvest: {excerpts}/{plan.n_excerpts} excerpts, {rate:,.0f} tokens/s, "
+                    f"elapsed {elapsed:,.0f} s, ETA {left:,.0f} s",
+                    highlight=False,
+                )
 
         manifest = run.run(progress=on_progress)
     result = manifest["harvest"]["result"]
@@ -130,14 +142,14 @@ def _show(run_dir: str, neurons: list[tuple[int, int]], n_top: int) -> None:
         out.print()
 
 
-def _pick_neurons(manifest: dict[str, Any], count: int) -> list[tuple[int, int]]:
-    """A few neurons spread over the harvested layers: the highest-kurtosis neuron of some layers."""
+def _pick_neurons(run_dir: str, manifest: dict[str, Any], count: int) -> list[tuple[int, int]]:
+    """A few neurons spread over the harvested layers: the highest-kurtosis neuron of each."""
     import pyarrow.parquet as pq
 
     from neuron_explainer.records.store import RunStore
 
     layers = manifest["harvest"]["layers"]
-    store = RunStore(manifest["harvest"].get("out", "."))
+    store = RunStore(run_dir)
     picks = []
     step = max(1, len(layers) // max(count, 1))
     for layer in layers[::step][:count]:
@@ -249,14 +261,13 @@ def run(
     try:
         cfg = load_config(config, overrides)
         manifest = _do_harvest(cfg, force)
-        manifest["harvest"]["out"] = cfg.out
         if cfg.show_neurons:
             out.print(
                 f"\nthe highest-kurtosis neuron of {cfg.show_neurons} layer(s), top excerpts "
                 "(⟨n⟩ = activation on a 0-10 scale):\n",
                 highlight=False,
             )
-            _show(cfg.out, _pick_neurons(manifest, cfg.show_neurons), 3)
+            _show(cfg.out, _pick_neurons(cfg.out, manifest, cfg.show_neurons), 3)
     except NeuronExplainerError as e:
         _fail(e)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from neuron_explainer.errors import ConfigError
 
@@ -26,7 +26,7 @@ class _Config(BaseModel):
 class CorpusConfig(_Config):
     """Where the harvest text comes from."""
 
-    source: str = "builtin:gensim-lee"
+    source: str = "builtin:english-prose"
     """`builtin:<name>`, a Hugging Face dataset id, or local .txt/.jsonl/.json/.parquet files (a path,
     a directory or a glob; comma-separate several). A .txt file is one document."""
     name: str | None = None
@@ -80,6 +80,11 @@ class HarvestConfig(_Config):
     """Save resumable state at most this often (0: after every batch). Non-semantic."""
     excerpt_range: tuple[int, int] | None = None
     """Harvest only excerpts [start, stop) of the run's excerpt stream: a corpus shard to merge later."""
+
+    @field_validator("layers")
+    @classmethod
+    def _sort_layers(cls, layers: list[int] | None) -> list[int] | None:
+        return None if layers is None else sorted(layers)
 
     @model_validator(mode="after")
     def _check(self) -> HarvestConfig:

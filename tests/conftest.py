@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 from pathlib import Path
 
 import pytest
+
+# Set before anything imports huggingface_hub, which reads these once at import time.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
 
 WORDS = (
     "the a cat dog sat ran on under over red blue green small big house tree river stone road bird fish "

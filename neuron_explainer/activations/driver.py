@@ -174,10 +174,11 @@ class HarvestRun:
         if self.store.state_path.exists():
             resumed = int(torch.load(self.store.state_path, weights_only=False, mmap=True)["next_id"])
         start, stop = self.range
+        pilot_only = len(set(range(self.pilot)) - set(range(start, stop))) if self.cfg.quantile_k else 0
         return HarvestPlan(
             self.layers,
             self.source.n_neurons,
-            stop - start,
+            stop - start + pilot_only,
             self.cfg.excerpt_len,
             estimate_disk_bytes(self.cfg, len(self.layers), self.source.n_neurons),
             resumed,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from neuron_explainer.activations.hookpoints import HookPoint, hook_point_for
-from neuron_explainer.errors import ModelError
+from neuron_explainer.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def load_subject_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU (torch {torch.__version__})")
     kind, path = resolve_model(spec)
     provenance: dict[str, Any] = {"spec": spec, "kind": kind}
     if kind in ("builtin", "gguf"):

@@ -171,3 +171,39 @@ def test_corrupt_records_file_and_bad_neuron(
         load_neuron_record(out, 0, 0)
     result = runner.invoke(app, ["show", "--run", str(out), "--neuron", "0:1"])
     assert_failed(result, "corrupt")
+
+
+def test_nan_activations_stop_the_harvest(tmp_path: Path, corpus_file: Path) -> None:
+    import torch
+
+    from tests.conftest import make_tiny_model
+
+    tokenizer, vocab = make_tokenizer(with_bos=False)
+    model = make_tiny_model("gpt2", vocab)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[0, 5] = float("nan")
+    d = tmp_path / "nan-model"
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    out = tmp_path / "run"
+    assert_failed(harvest(d, corpus_file, out), "non-finite (NaN or inf) activations in layer 1")
+    assert_nothing_complete(out)
+    assert not (out / "records").exists()
+
+
+def test_unknown_hub_model_offline(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert_failed(
+        harvest("no-such-org/no-such-model", corpus_file, out), "cannot load model 'no-such-org/no-such-model'"
+    )
+    assert not out.exists()
+
+
+def test_cuda_requested_without_gpu(tiny_model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_failed(
+        harvest(tiny_model_dirs["gpt2"], corpus_file, tmp_path / "run", "--device", "cuda"), "torch sees no CUDA GPU"
+    )
