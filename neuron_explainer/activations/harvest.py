@@ -52,10 +52,9 @@ class LayerState:
         n, t = shape.n_neurons, shape.seq_len
         self.top = SelectK(shape.top_k, n, t, device=device, act_dtype=act_dtype)
         self.random = SelectK(shape.random_k, n, t, device=device, act_dtype=act_dtype, score_dtype=torch.float64)
-        self.buckets = [
-            SelectK(shape.quantile_k, n, t, device=device, act_dtype=act_dtype, score_dtype=torch.float64)
-            for _ in range(N_BUCKETS)
-        ]
+        self.buckets = SelectK(
+            shape.quantile_k, n, t, device=device, act_dtype=act_dtype, score_dtype=torch.float64, groups=N_BUCKETS
+        )
         self.moments = Moments(n, device=device)
         self.pilot_max = torch.full((shape.pilot, n), float("nan"), dtype=torch.float32, device=device)
         self.pilot_seen = 0
@@ -100,11 +99,11 @@ class LayerState:
                     ids_l, acts_l, max_l = ids, acts, maxima
                 else:
                     ids_l, acts_l, max_l = ids[late], acts[late], maxima[late]
-                bucket = bucketize(max_l, self.boundaries)
-                neg_key = (-keys_quantile[late])[:, None].expand(-1, n)
-                for j, reducer in enumerate(self.buckets):
-                    score = torch.where(bucket == j, neg_key, torch.full_like(neg_key, float("-inf")))
-                    reducer.update(score, ids_l, acts_l)
+                bucket = bucketize(max_l, self.boundaries)  # (B', N)
+                which = torch.arange(N_BUCKETS, device=bucket.device)[None, :, None]
+                neg_key = (-keys_quantile[late])[:, None, None]
+                score = torch.where(bucket[:, None, :] == which, neg_key, float("-inf"))  # (B', buckets, N)
+                self.buckets.update(score.reshape(len(ids_l), -1), ids_l, acts_l)
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -112,7 +111,7 @@ class LayerState:
         return {
             "top": self.top.state_dict(),
             "random": self.random.state_dict(),
-            "buckets": [r.state_dict() for r in self.buckets],
+            "buckets": self.buckets.state_dict(),
             "moments": self.moments.state_dict(),
             "pilot_max": self.pilot_max,
             "pilot_seen": self.pilot_seen,
@@ -124,8 +123,7 @@ class LayerState:
         device = self.moments.mean.device
         self.top.load_state_dict(state["top"])
         self.random.load_state_dict(state["random"])
-        for reducer, s in zip(self.buckets, state["buckets"], strict=True):
-            reducer.load_state_dict(s)
+        self.buckets.load_state_dict(state["buckets"])
         self.moments.load_state_dict(state["moments"])
         self.pilot_max = state["pilot_max"].to(device)
         self.pilot_seen = int(state["pilot_seen"])
@@ -135,23 +133,27 @@ class LayerState:
     # -- output ----------------------------------------------------------------------------------
     def records_table(self, layer: int, record_dtype: str) -> pa.Table:
         """Kept records as an Arrow table, sorted by (neuron, kind, bucket, rank)."""
-        parts = [("top", None, self.top), ("random", None, self.random)]
-        parts += [("quantile", j, r) for j, r in enumerate(self.buckets)]
+        n = self.shape.n_neurons
+        parts: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (kind code, bucket, ids, acts)
+        for code, reducer in ((0, self.top), (1, self.random)):
+            if reducer.k:
+                parts.append((code, -1, reducer.ids, reducer.sorted_acts()))
+        if self.buckets.k:
+            ids_b, acts_b = self.buckets.ids, self.buckets.sorted_acts()
+            parts += [(2, j, ids_b[:, j * n : (j + 1) * n], acts_b[:, j * n : (j + 1) * n]) for j in range(N_BUCKETS)]
         columns: dict[str, list[np.ndarray]] = {
             k: [] for k in ("neuron", "kind", "bucket", "rank", "excerpt_id", "max")
         }
         acts_parts: list[np.ndarray] = []
-        for kind_code, (_kind, bucket, reducer) in enumerate(parts):
-            if reducer.k == 0:
-                continue
-            ids = reducer.ids.T.cpu().numpy()  # (N, k): neuron-major
-            acts = reducer.sorted_acts().permute(1, 0, 2).float().cpu().numpy()  # (N, k, T)
+        for kind_code, bucket, ids_t, acts_t in parts:
+            ids = ids_t.T.cpu().numpy()  # (N, k): neuron-major
+            acts = acts_t.permute(1, 0, 2).float().cpu().numpy()  # (N, k, T)
             valid = ids >= 0
             neuron, rank = np.nonzero(valid)
             columns["neuron"].append(neuron)
             columns["rank"].append(rank)
-            columns["kind"].append(np.full(len(neuron), min(kind_code, 2)))
-            columns["bucket"].append(np.full(len(neuron), -1 if bucket is None else bucket))
+            columns["kind"].append(np.full(len(neuron), kind_code))
+            columns["bucket"].append(np.full(len(neuron), bucket))
             columns["excerpt_id"].append(ids[valid])
             sel = acts[valid]
             columns["max"].append(sel.max(axis=1) if len(sel) else np.zeros(0))

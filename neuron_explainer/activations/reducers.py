@@ -21,6 +21,9 @@ class SelectK:
 
     Activation rows live in fixed slots and only the small (k, N) score/id/slot arrays are kept sorted,
     so an update copies just the rows of candidates that enter, not the whole (k, N, T) buffer.
+
+    With `groups` > 1 the reducer keeps k per (group, neuron) column, column g * N + n reading neuron n's
+    activations: one call then serves several selections (the quantile buckets) at once.
     """
 
     def __init__(
@@ -32,15 +35,18 @@ class SelectK:
         device: torch.device | str,
         act_dtype: torch.dtype,
         score_dtype: torch.dtype = torch.float32,
+        groups: int = 1,
     ) -> None:
         self.k = k
-        self.scores = torch.full((k, n_neurons), _NEG_INF, dtype=score_dtype, device=device)
-        self.ids = torch.full((k, n_neurons), -1, dtype=torch.int64, device=device)
-        self.slots = torch.arange(k, device=device)[:, None].repeat(1, n_neurons)
-        self.acts = torch.zeros((k, n_neurons, seq_len), dtype=act_dtype, device=device)
+        self.n_neurons = n_neurons
+        cols = groups * n_neurons
+        self.scores = torch.full((k, cols), _NEG_INF, dtype=score_dtype, device=device)
+        self.ids = torch.full((k, cols), -1, dtype=torch.int64, device=device)
+        self.slots = torch.arange(k, device=device)[:, None].repeat(1, cols)
+        self.acts = torch.zeros((k, cols, seq_len), dtype=act_dtype, device=device)
 
     def update(self, scores: torch.Tensor, ids: torch.Tensor, acts: torch.Tensor) -> None:
-        """Offer a batch: scores (B, N), excerpt ids (B,), activations (B, T, N)."""
+        """Offer a batch: scores (B, groups * N), excerpt ids (B,), activations (B, T, N)."""
         if self.k == 0:
             return
         k, device = self.k, self.scores.device
@@ -69,8 +75,9 @@ class SelectK:
         slot = table[(torch.cumsum(enter_mask, 0) - 1)[e_row, e_col], e_col]
         new_slots[e_row, e_col] = slot
         batch_row = top[e_row, e_col] - k
-        neuron = cols[e_col]
-        self.acts[slot, neuron] = acts[batch_row.to(acts.device), :, neuron.to(acts.device)].to(self.acts.dtype)
+        col = cols[e_col]
+        neuron = (col % self.n_neurons).to(acts.device)
+        self.acts[slot, col] = acts[batch_row.to(acts.device), :, neuron].to(self.acts.dtype)
         self.scores[:, cols] = torch.gather(cand_scores, 0, top)
         self.ids[:, cols] = torch.gather(cand_ids, 0, top)
         self.slots[:, cols] = new_slots
@@ -145,6 +152,7 @@ class Moments:
         d = x - mean64.float()
         d2 = d * d
         s1, s2, s3, s4 = sum64(d), sum64(d2), sum64(d2 * d), sum64(d2 * d2)
+        # the power sums must be corrected with the mean of the d actually summed (float32 rounding included)
         delta = s1 / nb
         other = Moments.__new__(Moments)
         other.n = nb

@@ -112,3 +112,25 @@ def test_excerpt_keys_deterministic_uniform_and_streams_differ() -> None:
     assert a.min() >= 0 and a.max() < 1
     assert scipy.stats.kstest(a.numpy(), "uniform").pvalue > 1e-3
     assert len(set(a.tolist())) == len(ids)
+
+
+def test_grouped_selectk_equals_separate_reducers() -> None:
+    rng = np.random.default_rng(5)
+    n, t, nn, k, groups = 24, 3, 4, 3, 3
+    acts = torch.tensor(rng.normal(size=(n, t, nn)).astype(np.float32))
+    group_of = torch.tensor(rng.integers(0, groups, size=(n, nn)))
+    keys = torch.tensor(rng.random(n))
+    grouped = SelectK(k, nn, t, device="cpu", act_dtype=torch.float32, score_dtype=torch.float64, groups=groups)
+    separate = [
+        SelectK(k, nn, t, device="cpu", act_dtype=torch.float32, score_dtype=torch.float64) for _ in range(groups)
+    ]
+    for s in range(0, n, 5):
+        sl = slice(s, s + 5)
+        ids = torch.arange(n)[sl]
+        per = [torch.where(group_of[sl] == g, -keys[sl][:, None], float("-inf")) for g in range(groups)]
+        grouped.update(torch.cat(per, 1), ids, acts[sl])
+        for g in range(groups):
+            separate[g].update(per[g], ids, acts[sl])
+    for g in range(groups):
+        assert torch.equal(grouped.ids[:, g * nn : (g + 1) * nn], separate[g].ids)
+        assert torch.equal(grouped.sorted_acts()[:, g * nn : (g + 1) * nn], separate[g].sorted_acts())
