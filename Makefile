@@ -21,11 +21,11 @@ demo: install
 	$(BIN)/neuron-explainer run --config configs/demo.yaml
 
 check: install
-	$(BIN)/ruff check neuron_explainer tests benchmarks
-	$(BIN)/ruff format --check neuron_explainer tests benchmarks
+	$(BIN)/ruff check neuron_explainer tests benchmarks scripts
+	$(BIN)/ruff format --check neuron_explainer tests benchmarks scripts
 
 test: install
-	$(BIN)/ruff check neuron_explainer tests benchmarks
+	$(BIN)/ruff check neuron_explainer tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 bench: install
