@@ -193,27 +193,31 @@ class LayerState:
         if self.boundaries is None:
             self.finish_pilot()
         assert self.boundaries is not None
-        stats = {k: v.cpu().numpy() for k, v in self.moments.stats().items()}
-        n = self.shape.n_neurons
-        bounds = self.boundaries.T.cpu().numpy().astype(np.float64)  # (N, 4)
-        return pa.table(
-            {
-                "layer": pa.array(np.full(n, layer, dtype=np.int16)),
-                "neuron": pa.array(np.arange(n, dtype=np.int32)),
-                "count": pa.array(np.full(n, self.moments.n, dtype=np.int64)),
-                "mean": pa.array(stats["mean"]),
-                "variance": pa.array(stats["variance"]),
-                "skewness": pa.array(stats["skewness"], from_pandas=True),
-                "kurtosis": pa.array(stats["kurtosis"], from_pandas=True),
-                "min_activation": pa.array(stats["min"]),
-                "max_activation": pa.array(stats["max"]),
-                "quantile_boundaries": pa.FixedSizeListArray.from_arrays(pa.array(bounds.reshape(-1)), 4),
-                "m2": pa.array(self.moments.m2.cpu().numpy()),
-                "m3": pa.array(self.moments.m3.cpu().numpy()),
-                "m4": pa.array(self.moments.m4.cpu().numpy()),
-            },
-            schema=NEURON_STATS,
-        )
+        return stats_table(layer, self.moments, self.boundaries.T.cpu().numpy().astype(np.float64))
+
+
+def stats_table(layer: int, moments: Moments, boundaries: np.ndarray) -> pa.Table:
+    """The `neuron_stats` table of one layer from its moments and (N, 4) quantile boundaries."""
+    stats = {k: v.cpu().numpy() for k, v in moments.stats().items()}
+    n = len(stats["mean"])
+    return pa.table(
+        {
+            "layer": pa.array(np.full(n, layer, dtype=np.int16)),
+            "neuron": pa.array(np.arange(n, dtype=np.int32)),
+            "count": pa.array(np.full(n, moments.n, dtype=np.int64)),
+            "mean": pa.array(stats["mean"]),
+            "variance": pa.array(stats["variance"]),
+            "skewness": pa.array(stats["skewness"], from_pandas=True),
+            "kurtosis": pa.array(stats["kurtosis"], from_pandas=True),
+            "min_activation": pa.array(stats["min"]),
+            "max_activation": pa.array(stats["max"]),
+            "quantile_boundaries": pa.FixedSizeListArray.from_arrays(pa.array(boundaries.reshape(-1)), 4),
+            "m2": pa.array(moments.m2.cpu().numpy()),
+            "m3": pa.array(moments.m3.cpu().numpy()),
+            "m4": pa.array(moments.m4.cpu().numpy()),
+        },
+        schema=NEURON_STATS,
+    )
 
 
 class Harvester:

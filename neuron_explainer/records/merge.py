@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM
+from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM, stats_table
 from neuron_explainer.activations.reducers import Moments, excerpt_keys
 from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
 from neuron_explainer.errors import RunDirError
-from neuron_explainer.records.schema import NEURON_STATS, RECORDS_WRITE_OPTIONS
+from neuron_explainer.records.schema import RECORDS_WRITE_OPTIONS
 from neuron_explainer.records.store import RunStore, write_table_atomic
 
 _SHARD_FIELDS = ("excerpt_range", "layers")
@@ -74,26 +74,11 @@ def _merge_stats(tables: list[pa.Table]) -> pa.Table:
     bounds = [t["quantile_boundaries"] for t in tables]
     if any(not b.equals(bounds[0]) for b in bounds[1:]):
         raise RunDirError("shards disagree on quantile boundaries: they were not cut from one excerpt stream")
-    s = {k: v.numpy() for k, v in merged.stats().items()}
     first = tables[0]
-    return pa.table(
-        {
-            "layer": first["layer"],
-            "neuron": first["neuron"],
-            "count": pa.array(np.full(first.num_rows, merged.n, dtype=np.int64)),
-            "mean": pa.array(s["mean"]),
-            "variance": pa.array(s["variance"]),
-            "skewness": pa.array(s["skewness"], from_pandas=True),
-            "kurtosis": pa.array(s["kurtosis"], from_pandas=True),
-            "min_activation": pa.array(s["min"]),
-            "max_activation": pa.array(s["max"]),
-            "quantile_boundaries": first["quantile_boundaries"],
-            "m2": pa.array(merged.m2.numpy()),
-            "m3": pa.array(merged.m3.numpy()),
-            "m4": pa.array(merged.m4.numpy()),
-        },
-        schema=NEURON_STATS,
-    )
+    if first["neuron"].to_pylist() != list(range(first.num_rows)):
+        raise RunDirError("neuron_stats rows are not the neurons 0..N-1 in order")
+    bounds = np.stack(first["quantile_boundaries"].to_numpy(zero_copy_only=False))
+    return stats_table(int(first["layer"][0].as_py()), merged, bounds)
 
 
 def merge_runs(shards: list[str | Path], out: str | Path) -> dict[str, Any]:
