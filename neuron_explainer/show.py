@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from neuron_explainer.datatypes import ActivationRecord, NeuronRecord
-
-
-def normalize_activations(activations: list[float], max_activation: float) -> list[int]:
-    """Integers 0..10: floor(10 * max(a, 0) / max_activation); all 0 when max_activation <= 0."""
-    if not max_activation > 0:
-        return [0] * len(activations)
-    return [min(10, max(0, math.floor(10 * max(a, 0.0) / max_activation))) for a in activations]
+from neuron_explainer.prompts.formatting import normalize_activations
 
 
 def render_record(record: ActivationRecord, max_activation: float, width: int = 0) -> str:

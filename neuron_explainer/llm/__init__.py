@@ -1,0 +1,1 @@
+"""LLM back ends behind one small protocol (generate + prompt logprobs), plus wrappers."""

@@ -1,0 +1,100 @@
+"""The LLM back-end protocol and its value types. Pure: no network, no torch.
+
+A back end declares its capabilities up front, so a stage that needs prompt logprobs refuses to start
+on a chat-only back end instead of failing halfway through a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal, Protocol, runtime_checkable
+
+from neuron_explainer.errors import NeuronExplainerError
+
+
+class Capability(str, Enum):
+    """What a back end can do."""
+
+    GENERATE = "generate"
+    """Chat messages in, sampled completions out."""
+    PROMPT_LOGPROBS = "prompt_logprobs"
+    """Top-k next-token log-probabilities at every position of a given prompt."""
+
+
+class CapabilityError(NeuronExplainerError):
+    """A back end lacks a capability a stage needs."""
+
+
+class BackendError(NeuronExplainerError):
+    """A back end failed (after retries, if the failure was retryable)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """Sampling settings of one generate call. Immutable: never changed per call behind the caller."""
+
+    max_tokens: int = 80
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    """Number of samples; each is cached separately."""
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One prompt token and the model's prediction for the token after it."""
+
+    token: str
+    """The token's text as the back end reports it."""
+    offset: int
+    """Character offset of the token's first character in the prompt string."""
+    top: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    """Top-k (token text, log-probability) of the *next* token, given the prompt up to and including
+    this one; sorted by log-probability, highest first."""
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """What every back end implements. Back ends do transport only; retry, cache and limits wrap them."""
+
+    name: str
+    """Back-end kind, e.g. `local`, `openai`, `fake`."""
+    model: str
+    """Model identifier as the back end knows it."""
+    capabilities: frozenset[Capability]
+
+    async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
+        """Return `params.n` sampled completions of a chat."""
+        ...
+
+    async def prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
+        """Tokenise `prompt` and return every token with its offset and top-k next-token logprobs.
+
+        No special tokens are added beyond the model's usual BOS.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections or memory."""
+        ...
+
+
+def require(backend: LLMBackend, capability: Capability, purpose: str) -> None:
+    """Raise CapabilityError before any work starts if `backend` cannot do `capability`."""
+    if capability not in backend.capabilities:
+        have = ", ".join(sorted(c.value for c in backend.capabilities)) or "nothing"
+        raise CapabilityError(
+            f"{purpose} needs {capability.value}, but back end {backend.name}:{backend.model} offers {have}"
+        )

@@ -1,0 +1,1 @@
+"""Scores of simulations against true activations."""
