@@ -115,16 +115,10 @@ def resolve_model(spec: str) -> tuple[str, Path | None]:
     return "hub", None
 
 
-def load_subject_model(
-    spec: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
-) -> SubjectModel:
-    """Load a causal LM and its tokenizer and find its MLP hook point.
-
-    Raises:
-        ModelError: the model cannot be found or loaded, or its architecture has no known hook point.
-    """
+def _resolve(spec: str, revision: str | None, device: str) -> tuple[str | Path, Any, dict[str, Any]]:
+    """Find (converting a GGUF once) what to load, read its config, and start the provenance record."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU (torch {torch.__version__})")
@@ -149,18 +143,51 @@ def load_subject_model(
         config = AutoConfig.from_pretrained(load_from, revision=revision)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model {spec!r}: {e}".split("\n")[0]) from e
-    hook_point = hook_point_for(config.model_type)  # fail on an unsupported architecture before loading weights
+    provenance.update(
+        model_type=config.model_type,
+        architecture=(config.architectures or ["unknown"])[0],
+        commit=getattr(config, "_commit_hash", None),
+    )
+    return load_from, config, provenance
+
+
+def _load_weights(spec: str, load_from: str | Path, revision: str | None, dtype: str, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         model = AutoModelForCausalLM.from_pretrained(load_from, revision=revision, dtype=_torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(load_from, revision=revision)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model {spec!r}: {e}".split("\n")[0]) from e
-    model.eval().to(torch.device(device))
-    commit = getattr(config, "_commit_hash", None)
+    return model.eval().to(torch.device(device)), tokenizer
+
+
+def load_causal_lm(
+    spec: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load any causal LM (hub id, directory, GGUF file or builtin) and its tokenizer, with provenance.
+
+    Raises:
+        ModelError: the model cannot be found or loaded.
+    """
+    load_from, _config, provenance = _resolve(spec, revision, device)
+    model, tokenizer = _load_weights(spec, load_from, revision, dtype, device)
+    return model, tokenizer, provenance
+
+
+def load_subject_model(
+    spec: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> SubjectModel:
+    """Load a causal LM and its tokenizer and find its MLP hook point.
+
+    Raises:
+        ModelError: the model cannot be found or loaded, or its architecture has no known hook point.
+    """
+    load_from, config, provenance = _resolve(spec, revision, device)
+    hook_point = hook_point_for(config.model_type)  # fail on an unsupported architecture before loading weights
+    model, tokenizer = _load_weights(spec, load_from, revision, dtype, device)
     provenance.update(
-        model_type=config.model_type,
-        architecture=(config.architectures or [type(model).__name__])[0],
-        commit=commit,
         activation_fn=hook_point.activation_fn(config),
         hook_point=hook_point.describe(),
         gated_mlp=hook_point.gated,

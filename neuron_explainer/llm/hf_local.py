@@ -1,0 +1,186 @@
+"""In-process transformers back end: chat generation and exact prompt logprobs from one forward pass.
+
+Prompt logprobs reuse the key/value cache of the longest prompt prefix seen recently: all-at-once
+simulation sends one long shared few-shot prefix followed by a different excerpt each time, so only the
+excerpt is recomputed. Model calls run in a worker thread (one at a time) so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from neuron_explainer.llm.base import Capability, GenerateParams, Message, TokenLogprobs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _PrefixEntry:
+    ids: tuple[int, ...]
+    kv: Any
+    top_values: torch.Tensor  # (len(ids), k): log-probs of the top next tokens at each position
+    top_indices: torch.Tensor
+
+
+class LocalBackend:
+    """A transformers causal LM in this process (CPU or CUDA)."""
+
+    name = "local"
+    capabilities = frozenset({Capability.GENERATE, Capability.PROMPT_LOGPROBS})
+
+    def __init__(
+        self,
+        module: Any,
+        tokenizer: Any,
+        *,
+        model_name: str,
+        reuse_prefix: bool = True,
+        min_prefix_tokens: int = 16,
+        cache_entries: int = 2,
+    ) -> None:
+        self.module = module
+        """The torch model."""
+        self.tokenizer = tokenizer
+        self.model = model_name
+        """The model's spec (hub id, path or builtin name), as the protocol's identifier."""
+        self.reuse_prefix = reuse_prefix
+        self.min_prefix_tokens = min_prefix_tokens
+        self.cache_entries = cache_entries
+        self._cache: list[_PrefixEntry] = []
+        self._lock = threading.Lock()
+        self._token_text: dict[int, str] = {}
+        self.forward_tokens = 0
+        """Tokens run through the model by prompt_logprobs (prefix reuse lowers it)."""
+
+    @classmethod
+    def load(cls, spec: str, *, device: str = "cpu", dtype: str = "float32", **kwargs: Any) -> LocalBackend:
+        """Load a model by spec (hub id, directory, GGUF file or builtin:<name>)."""
+        from neuron_explainer.activations.models import load_causal_lm
+
+        model, tokenizer, _ = load_causal_lm(spec, dtype=dtype, device=device)
+        return cls(model, tokenizer, model_name=spec, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return next(self.module.parameters()).device
+
+    # -- generate ---------------------------------------------------------------------------------
+    def _chat_ids(self, messages: Sequence[Message]) -> torch.Tensor:
+        tok = self.tokenizer
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            return ids["input_ids"]
+        text = "".join(f"{m.role.capitalize()}: {m.content}\n\n" for m in messages) + "Assistant:"
+        return tok(text, return_tensors="pt").input_ids
+
+    def _generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
+        ids = self._chat_ids(messages).to(self.device)
+        tok = self.tokenizer
+        sample = params.temperature > 0
+        kwargs: dict[str, Any] = {
+            "do_sample": sample,
+            "max_new_tokens": params.max_tokens,
+            "num_return_sequences": params.n,
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        }
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        with self._lock:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.no_grad():
+                out = self.module.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        texts = [tok.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
+        return [_cut_at_stop(t, params.stop) for t in texts]
+
+    async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
+        """Sample `params.n` chat completions (greedy when temperature is 0)."""
+        return await asyncio.to_thread(self._generate, messages, params)
+
+    # -- prompt logprobs --------------------------------------------------------------------------
+    def _text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def _forward_top(self, ids: list[int], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k next-token log-probs at every position, reusing a cached prefix when possible."""
+        start, kv, cached_v, cached_i = 0, None, None, None
+        if self.reuse_prefix:
+            best = None
+            for entry in self._cache:
+                n = _common_prefix(entry.ids, ids)
+                if n >= self.min_prefix_tokens and entry.top_values.shape[1] >= top_k and (best is None or n > best[0]):
+                    best = (n, entry)
+            if best is not None:
+                n, entry = best
+                n = min(n, len(ids) - 1)  # always recompute at least the last token
+                try:
+                    kv = copy.deepcopy(entry.kv)
+                    excess = kv.get_seq_length() - n
+                    if excess > 0:
+                        kv.crop(-excess)  # negative: drop that many trailing positions
+                    start = n
+                    cached_v, cached_i = entry.top_values[:n, :top_k], entry.top_indices[:n, :top_k]
+                except (AttributeError, NotImplementedError, ValueError, RuntimeError) as e:
+                    logger.info("prefix reuse disabled for %s: %s", self.model, e)
+                    self.reuse_prefix, kv, start = False, None, 0
+        x = torch.tensor([ids[start:]], device=self.device)
+        with torch.no_grad():
+            out = self.module(input_ids=x, past_key_values=kv, use_cache=self.reuse_prefix)
+        self.forward_tokens += x.shape[1]
+        logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+        values, indices = logp.topk(top_k, dim=-1)
+        values, indices = values.cpu(), indices.cpu()
+        if cached_v is not None:
+            values, indices = torch.cat([cached_v, values]), torch.cat([cached_i, indices])
+        if self.reuse_prefix:
+            self._cache.insert(0, _PrefixEntry(tuple(ids), out.past_key_values, values, indices))
+            del self._cache[self.cache_entries :]
+        return values, indices
+
+    def _prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
+        enc = self.tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
+        ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+        with self._lock:
+            values, indices = self._forward_top(ids, top_k)
+        result = []
+        for pos, ((s, e), is_special) in enumerate(zip(offsets, special, strict=True)):
+            if is_special:
+                continue
+            top = tuple((self._text(int(i)), float(v)) for v, i in zip(values[pos], indices[pos], strict=True))
+            result.append(TokenLogprobs(prompt[s:e], s, top))
+        return result
+
+    async def prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
+        """Exact top-k next-token log-probs at every prompt token (special tokens such as BOS omitted)."""
+        return await asyncio.to_thread(self._prompt_logprobs, prompt, top_k)
+
+    async def aclose(self) -> None:
+        """Drop cached prefixes."""
+        self._cache.clear()
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text if cut < 0 else text[:cut]
