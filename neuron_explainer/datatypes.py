@@ -70,3 +70,32 @@ class NeuronRecord(_Frozen):
     skewness: float
     kurtosis: float
     """Excess kurtosis (Fisher)."""
+
+
+class Simulation(_Frozen):
+    """A simulator's prediction for one excerpt, given only an explanation."""
+
+    tokens: list[str]
+    expected_values: list[float]
+    """Expected level per token, in [0, max_level] (simulated units, not raw activations)."""
+    distribution_values: list[list[int]]
+    """Per token, the labels that had probability mass among the back end's top-k."""
+    distribution_probabilities: list[list[float]]
+    """Per token, their probabilities renormalised over labels only."""
+    max_level: int
+    """Top of the label scale: 10, or 9 for tokenizers that split "10" into two tokens."""
+    simulator: str
+    """`backend:model` that produced it."""
+    prompt_version: str
+
+
+class Failure(_Frozen):
+    """A unit of work that produced no usable result. Stored, reported and retried; never scored."""
+
+    stage: str
+    """`explain`, `simulate`, ..."""
+    kind: str
+    """`parse` (unusable output), `backend` (request failed after retries) or `capability`."""
+    message: str
+    raw: str | None = None
+    """The back end's raw output, where there was one."""

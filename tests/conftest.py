@@ -26,6 +26,7 @@ WORDS = (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run tests that need the real offline models")
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/*.txt from the code")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -150,3 +151,20 @@ def write_corpus(d: Path, n_docs: int = 40, seed: int = 0, fmt: str = "jsonl") -
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest):
+    """Compare a rendered prompt with tests/golden/<name>.txt (rewrite it with --update-golden)."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / f"{name}.txt"
+        if request.config.getoption("--update-golden"):
+            path.write_text(text, encoding="utf-8")
+        assert path.exists(), f"{path} missing: run pytest --update-golden and review the file"
+        assert text == path.read_text(encoding="utf-8"), f"prompt differs from {path}"
+
+    return check

@@ -1,0 +1,1 @@
+"""Explainers: write a natural-language hypothesis of what a neuron responds to."""

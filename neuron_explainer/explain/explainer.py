@@ -1,0 +1,97 @@
+"""The token-activation explainer: prompt building, sampling and output parsing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from neuron_explainer.datatypes import ActivationRecord, Failure
+from neuron_explainer.errors import NeuronExplainerError
+from neuron_explainer.llm.base import Capability, GenerateParams, LLMBackend, Message, require
+from neuron_explainer.prompts.formatting import (
+    format_nonzero_rows,
+    format_rows,
+    is_sparse,
+    max_activation,
+    normalize_activations,
+)
+from neuron_explainer.prompts.templates import ExplainerTemplate
+
+ANSWER_PREFIX = "The main thing this neuron does is find"
+MAX_EXPLANATION_CHARS = 300
+
+
+class ExplanationParseError(NeuronExplainerError):
+    """The explainer's output holds no usable explanation."""
+
+
+def _excerpt_block(excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    parts = [f"Excerpt {i}:\n<start>\n{format_rows(t, v)}\n<end>" for i, (t, v) in enumerate(excerpts, 1)]
+    all_levels = [v for _, levels in excerpts for v in levels]
+    if is_sparse(all_levels):
+        # Few non-zero tokens get lost among 64-token listings; repeating them focuses the model.
+        nonzero = "\n".join(format_nonzero_rows(t, v) for t, v in excerpts if any(v))
+        parts.append(f"The same activations, non-zero tokens only:\n<start>\n{nonzero}\n<end>")
+    return "\n\n".join(parts)
+
+
+def build_explainer_messages(template: ExplainerTemplate, records: Sequence[ActivationRecord]) -> list[Message]:
+    """System instructions, few-shot neurons as user/assistant turns, then the target neuron's excerpts."""
+    messages = [Message("system", template.intro)]
+    for i, ex in enumerate(template.examples, start=1):
+        messages.append(
+            Message("user", f"Neuron {i}\n\n" + _excerpt_block([(e.tokens, e.levels) for e in ex.excerpts]))
+        )
+        messages.append(Message("assistant", f"{ANSWER_PREFIX} {ex.explanation}."))
+    top = max_activation([r.activations for r in records])
+    target = [(r.tokens, normalize_activations(r.activations, top)) for r in records]
+    messages.append(Message("user", f"Neuron {len(template.examples) + 1}\n\n" + _excerpt_block(target)))
+    return messages
+
+
+_PREFIX = re.compile(
+    r"^\s*(?:the main thing this neuron does is find(?:ing)?|this neuron (?:finds|detects))\s*[:,-]?\s*", re.IGNORECASE
+)
+
+
+def parse_explanation(text: str) -> str:
+    """Clean the explainer's answer down to the explanation phrase.
+
+    Raises:
+        ExplanationParseError: nothing usable is left, or the answer runs on far past one phrase.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ExplanationParseError("the explainer returned no text")
+    phrase = _PREFIX.sub("", lines[0]).strip().strip("\"'`*").strip()
+    phrase = phrase.rstrip(".").strip()
+    if not phrase or not any(ch.isalpha() for ch in phrase):
+        raise ExplanationParseError(f"no explanation in the explainer's output {text[:80]!r}")
+    if len(phrase) > MAX_EXPLANATION_CHARS:
+        raise ExplanationParseError(f"explanation longer than {MAX_EXPLANATION_CHARS} characters: {phrase[:80]!r}...")
+    return phrase
+
+
+async def explain(
+    records: Sequence[ActivationRecord],
+    backend: LLMBackend,
+    template: ExplainerTemplate,
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    max_tokens: int = 60,
+    seed: int | None = None,
+) -> list[str | Failure]:
+    """Sample `n` explanations; each is a cleaned phrase or a typed parse Failure (never an empty string)."""
+    require(backend, Capability.GENERATE, "explanation")
+    messages = build_explainer_messages(template, records)
+    outputs = await backend.generate(
+        messages, GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
+    )
+    results: list[str | Failure] = []
+    for raw in outputs:
+        try:
+            results.append(parse_explanation(raw))
+        except ExplanationParseError as e:
+            results.append(Failure(stage="explain", kind="parse", message=str(e), raw=raw))
+    return results

@@ -1,0 +1,108 @@
+"""Locate and load the versioned prompt templates and few-shot examples under prompts/.
+
+Templates are plain files reviewed like code; nothing is read at import time, and loads are cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuron_explainer.errors import ConfigError
+
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+"""The repository's prompts/ directory (the default `prompts_dir`)."""
+
+
+@dataclass(frozen=True)
+class FewShotSimulation:
+    """One simulator few-shot neuron: explanation, tokens, 0-10 levels, and where 'unknown' ends."""
+
+    explanation: str
+    tokens: tuple[str, ...]
+    levels: tuple[int, ...]
+    unknown_until: int
+
+
+@dataclass(frozen=True)
+class SimulatorTemplate:
+    """All-at-once simulator prompt: versioned intro text and few-shot neurons."""
+
+    version: str
+    intro: str
+    examples: tuple[FewShotSimulation, ...]
+
+
+@dataclass(frozen=True)
+class FewShotExcerpt:
+    """One excerpt of an explainer few-shot neuron."""
+
+    tokens: tuple[str, ...]
+    levels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FewShotExplanation:
+    """One explainer few-shot neuron: excerpts and the explanation written for them."""
+
+    explanation: str
+    excerpts: tuple[FewShotExcerpt, ...]
+
+
+@dataclass(frozen=True)
+class ExplainerTemplate:
+    """Explainer prompt: versioned instructions and few-shot neurons."""
+
+    version: str
+    intro: str
+    examples: tuple[FewShotExplanation, ...]
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"prompt file not found: {path}")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _yaml(path: Path) -> list[dict[str, Any]]:
+    data = yaml.safe_load(_read(path))
+    if not isinstance(data, list):
+        raise ConfigError(f"{path} must hold a list of few-shot examples")
+    return data
+
+
+def _levels(path: Path, tokens: list[str], levels: list[int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    if len(tokens) != len(levels):
+        raise ConfigError(f"{path}: an example has {len(tokens)} tokens but {len(levels)} levels")
+    if any(not 0 <= v <= 10 for v in levels):
+        raise ConfigError(f"{path}: levels must be integers 0..10")
+    return tuple(tokens), tuple(int(v) for v in levels)
+
+
+@cache
+def load_simulator_template(prompts_dir: str | None = None, version: str = "v1") -> SimulatorTemplate:
+    """The all-at-once simulator template `simulator/all_at_once_<version>.md` + `fewshot_<version>.yaml`."""
+    root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
+    fewshot = root / "simulator" / f"fewshot_{version}.yaml"
+    examples = []
+    for ex in _yaml(fewshot):
+        tokens, levels = _levels(fewshot, ex["tokens"], ex["levels"])
+        examples.append(FewShotSimulation(ex["explanation"], tokens, levels, int(ex.get("unknown_until", 0))))
+    intro = _read(root / "simulator" / f"all_at_once_{version}.md")
+    return SimulatorTemplate(f"simulator/all_at_once_{version}", intro, tuple(examples))
+
+
+@cache
+def load_explainer_template(prompts_dir: str | None = None, version: str = "v1") -> ExplainerTemplate:
+    """The explainer template `explainer/<version>.md` + `explainer/fewshot_<version>.yaml`."""
+    root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
+    fewshot = root / "explainer" / f"fewshot_{version}.yaml"
+    examples = []
+    for ex in _yaml(fewshot):
+        excerpts = tuple(FewShotExcerpt(*_levels(fewshot, e["tokens"], e["levels"])) for e in ex["excerpts"])
+        examples.append(FewShotExplanation(ex["explanation"], excerpts))
+    return ExplainerTemplate(f"explainer/{version}", _read(root / "explainer" / f"{version}.md"), tuple(examples))

@@ -1,0 +1,1 @@
+"""Simulators: predict a neuron's activation per token from an explanation alone."""

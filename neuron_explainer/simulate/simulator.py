@@ -1,0 +1,53 @@
+"""All-at-once simulation: one prompt-logprobs request per excerpt, expected level per token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from neuron_explainer.datatypes import Simulation
+from neuron_explainer.llm.base import Capability, LLMBackend, require
+from neuron_explainer.prompts.templates import SimulatorTemplate
+from neuron_explainer.simulate.parse import build_all_at_once_prompt, read_label_distributions
+
+
+def default_max_level(backend: LLMBackend) -> int:
+    """10 if the back end's tokenizer writes "10" as one token, else 9 (so every label is one token).
+
+    Correlation and the linear calibration are scale-free, so a 0-9 simulator scores like a 0-10 one;
+    reading only the first token of a two-token "10" would instead confuse 10 with 1.
+    """
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is None:
+        return 10
+    return 10 if len(tokenizer("10", add_special_tokens=False)["input_ids"]) == 1 else 9
+
+
+async def simulate_all_at_once(
+    explanation: str,
+    tokens: Sequence[str],
+    backend: LLMBackend,
+    template: SimulatorTemplate,
+    *,
+    max_level: int | None = None,
+    top_k: int = 20,
+) -> Simulation:
+    """Simulate one excerpt with one forward pass.
+
+    Raises:
+        CapabilityError: the back end returns no prompt logprobs.
+        SimulationParseError: the logprobs cannot be aligned or hold no label (never turned into zeros).
+    """
+    require(backend, Capability.PROMPT_LOGPROBS, "all-at-once simulation")
+    level = default_max_level(backend) if max_level is None else max_level
+    prompt = build_all_at_once_prompt(template, explanation, tokens, level)
+    logprobs = await backend.prompt_logprobs(prompt.text, top_k)
+    dist = read_label_distributions(prompt, logprobs)
+    return Simulation(
+        tokens=list(tokens),
+        expected_values=list(dist.expected_values),
+        distribution_values=[list(v) for v in dist.values],
+        distribution_probabilities=[list(p) for p in dist.probabilities],
+        max_level=level,
+        simulator=f"{backend.name}:{backend.model}",
+        prompt_version=template.version,
+    )
