@@ -136,6 +136,8 @@ class LocalBackend:
                 except (AttributeError, NotImplementedError, ValueError, RuntimeError) as e:
                     logger.info("prefix reuse disabled for %s: %s", self.model, e)
                     self.reuse_prefix, kv, start = False, None, 0
+        if self.reuse_prefix and kv is None:
+            kv = _recording_cache(self.module)
         x = torch.tensor([ids[start:]], device=self.device)
         with torch.no_grad():
             out = self.module(input_ids=x, past_key_values=kv, use_cache=self.reuse_prefix)
@@ -170,6 +172,16 @@ class LocalBackend:
     async def aclose(self) -> None:
         """Drop cached prefixes."""
         self._cache.clear()
+
+
+def _recording_cache(module: Any) -> Any:
+    """A fresh KV cache that keeps every past state, so sliding-window layers (Gemma 2/3) can be cropped."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=module.config)
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+    return cache
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
