@@ -79,10 +79,11 @@ class LLMBackend(Protocol):
         """Return `params.n` sampled completions of a chat."""
         ...
 
-    async def prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
+    async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Tokenise `prompt` and return every token with its offset and top-k next-token logprobs.
 
-        No special tokens are added beyond the model's usual BOS.
+        No special tokens are added beyond the model's usual BOS. Back ends that can (the local one)
+        also report the tokens in `include` at every position, whether or not they are in the top-k.
         """
         ...
 

@@ -48,7 +48,7 @@ class FakeBackend:
         self.calls.append(("generate", (tuple(messages), params)))
         return [self.completions[(start * params.n + i) % len(self.completions)] for i in range(params.n)]
 
-    async def prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
+    async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Tokenise with `fake_tokenize` and ask the oracle for each position."""
         if self.oracle is None:
             raise CapabilityError("this fake back end has no logprob oracle")

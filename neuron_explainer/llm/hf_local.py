@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _PrefixEntry:
     ids: tuple[int, ...]
+    include: tuple[int, ...]
     kv: Any
     top_values: torch.Tensor  # (len(ids), k): log-probs of the top next tokens at each position
     top_indices: torch.Tensor
@@ -114,14 +115,17 @@ class LocalBackend:
             text = self._token_text[token_id] = self.tokenizer.decode([token_id])
         return text
 
-    def _forward_top(self, ids: list[int], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k next-token log-probs at every position, reusing a cached prefix when possible."""
+    def _forward_top(
+        self, ids: list[int], top_k: int, include: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (then the `include` ids') next-token log-probs at every position, reusing a cached prefix."""
         start, kv, cached_v, cached_i = 0, None, None, None
         if self.reuse_prefix:
             best = None
             for entry in self._cache:
                 n = _common_prefix(entry.ids, ids)
-                if n >= self.min_prefix_tokens and entry.top_values.shape[1] >= top_k and (best is None or n > best[0]):
+                usable = entry.include == include and entry.top_values.shape[1] == top_k + len(include)
+                if usable and n >= self.min_prefix_tokens and (best is None or n > best[0]):
                     best = (n, entry)
             if best is not None:
                 n, entry = best
@@ -132,7 +136,7 @@ class LocalBackend:
                     if excess > 0:
                         kv.crop(-excess)  # negative: drop that many trailing positions
                     start = n
-                    cached_v, cached_i = entry.top_values[:n, :top_k], entry.top_indices[:n, :top_k]
+                    cached_v, cached_i = entry.top_values[:n], entry.top_indices[:n]
                 except (AttributeError, NotImplementedError, ValueError, RuntimeError) as e:
                     logger.info("prefix reuse disabled for %s: %s", self.model, e)
                     self.reuse_prefix, kv, start = False, None, 0
@@ -144,30 +148,50 @@ class LocalBackend:
         self.forward_tokens += x.shape[1]
         logp = torch.log_softmax(out.logits[0].float(), dim=-1)
         values, indices = logp.topk(top_k, dim=-1)
+        if include:
+            inc = torch.tensor(include, device=logp.device)
+            values = torch.cat([values, logp[:, inc]], 1)
+            indices = torch.cat([indices, inc.expand(len(logp), -1)], 1)
         values, indices = values.cpu(), indices.cpu()
         if cached_v is not None:
             values, indices = torch.cat([cached_v, values]), torch.cat([cached_i, indices])
         if self.reuse_prefix:
-            self._cache.insert(0, _PrefixEntry(tuple(ids), out.past_key_values, values, indices))
+            self._cache.insert(0, _PrefixEntry(tuple(ids), include, out.past_key_values, values, indices))
             del self._cache[self.cache_entries :]
         return values, indices
 
-    def _prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
+    def _single_token_ids(self, texts: Sequence[str]) -> tuple[int, ...]:
+        out = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and ids[0] != self.tokenizer.unk_token_id:
+                out.append(ids[0])
+        return tuple(out)
+
+    def _prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         enc = self.tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
         ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
         with self._lock:
-            values, indices = self._forward_top(ids, top_k)
+            values, indices = self._forward_top(ids, top_k, self._single_token_ids(include))
         result = []
         for pos, ((s, e), is_special) in enumerate(zip(offsets, special, strict=True)):
             if is_special:
                 continue
-            top = tuple((self._text(int(i)), float(v)) for v, i in zip(values[pos], indices[pos], strict=True))
-            result.append(TokenLogprobs(prompt[s:e], s, top))
+            seen: set[int] = set()
+            top = []
+            for v, i in zip(values[pos].tolist(), indices[pos].tolist(), strict=True):
+                if i not in seen:  # an included id may also be among the top-k
+                    seen.add(i)
+                    top.append((self._text(i), v))
+            result.append(TokenLogprobs(prompt[s:e], s, tuple(top)))
         return result
 
-    async def prompt_logprobs(self, prompt: str, top_k: int) -> list[TokenLogprobs]:
-        """Exact top-k next-token log-probs at every prompt token (special tokens such as BOS omitted)."""
-        return await asyncio.to_thread(self._prompt_logprobs, prompt, top_k)
+    async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
+        """Exact top-k next-token log-probs at every prompt token (special tokens such as BOS omitted).
+
+        Each single-token string in `include` is reported at every position too, top-k or not.
+        """
+        return await asyncio.to_thread(self._prompt_logprobs, prompt, top_k, include)
 
     async def aclose(self) -> None:
         """Drop cached prefixes."""

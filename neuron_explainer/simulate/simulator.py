@@ -40,7 +40,8 @@ async def simulate_all_at_once(
     require(backend, Capability.PROMPT_LOGPROBS, "all-at-once simulation")
     level = default_max_level(backend) if max_level is None else max_level
     prompt = build_all_at_once_prompt(template, explanation, tokens, level)
-    logprobs = await backend.prompt_logprobs(prompt.text, top_k)
+    labels = [str(v) for v in range(level + 1)]
+    logprobs = await backend.prompt_logprobs(prompt.text, top_k, include=labels)
     dist = read_label_distributions(prompt, logprobs)
     return Simulation(
         tokens=list(tokens),

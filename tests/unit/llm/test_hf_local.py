@@ -63,3 +63,17 @@ def test_generate_returns_n_samples_and_applies_stop(tiny) -> None:
     assert outs == again  # seeded sampling is reproducible
     greedy = asyncio.run(backend.generate(msgs, GenerateParams(max_tokens=8, temperature=0.0, stop=("the",))))
     assert "the" not in greedy[0]
+
+
+def test_included_tokens_are_reported_exactly_outside_the_top_k(tiny) -> None:
+    model, tokenizer = tiny
+    backend = LocalBackend(model, tokenizer, model_name="tiny", reuse_prefix=False)
+    prompt = "the cat sat on the red road"
+    out = asyncio.run(backend.prompt_logprobs(prompt, top_k=2, include=["moon", "star", "not-a-token"]))
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+    moon = tokenizer.convert_tokens_to_ids("moon")
+    for pos, t in enumerate(out, start=1):
+        got = dict(t.top)
+        assert abs(got["moon"] - float(logp[pos, moon])) < 1e-6 and "star" in got and len(t.top) <= 4
