@@ -158,6 +158,111 @@ def _pick_neurons(run_dir: str, manifest: dict[str, Any], count: int) -> list[tu
     return picks
 
 
+class _Backends:
+    """Builds each back-end spec once (explainer and simulator may be the same local model)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.built: dict[str, Any] = {}
+
+    def get(self, spec: str) -> Any:
+        from neuron_explainer.llm.registry import build_backend
+
+        if spec not in self.built:
+            console.print(f"loading {spec} ...")
+            self.built[spec] = build_backend(spec, device=self.device)
+        return self.built[spec]
+
+
+def _stage_progress(stage: str, done: int, total: int) -> None:
+    console.print(f"{stage}: {done}/{total}", highlight=False)
+
+
+def _report(report: Any) -> None:
+    console.print(
+        f"{report.stage}: {report.completed} done, {report.skipped_done} already done, {report.failed} failed",
+        highlight=False,
+    )
+    for line in report.failures[:10]:
+        console.print(f"  [yellow]failure[/] {line}", highlight=False)
+
+
+def _do_explain(cfg: RunConfig, backends: _Backends) -> None:
+    import asyncio
+
+    from neuron_explainer.llm.registry import parse_neurons
+    from neuron_explainer.pipeline import run_explain
+    from neuron_explainer.prompts.templates import load_explainer_template
+    from neuron_explainer.records.store import RunStore
+
+    if not cfg.neurons:
+        raise ConfigError("no neurons selected: pass --neurons LAYER:FROM-TO (or set `neurons` in the config)")
+    e = cfg.explain
+    template = load_explainer_template(cfg.prompts_dir, e.prompt_version)
+    report = asyncio.run(
+        run_explain(
+            RunStore(cfg.out),
+            parse_neurons(cfg.neurons),
+            backends.get(e.explainer),
+            template,
+            n_samples=e.n_samples,
+            temperature=e.temperature,
+            max_tokens=e.max_tokens,
+            seed=e.seed,
+            max_concurrent=cfg.max_concurrent,
+            progress=_stage_progress,
+        )
+    )
+    _report(report)
+
+
+def _do_simulate(cfg: RunConfig, backends: _Backends) -> None:
+    import asyncio
+
+    from neuron_explainer.llm.registry import parse_neurons
+    from neuron_explainer.pipeline import run_simulate
+    from neuron_explainer.prompts.templates import load_simulator_template
+    from neuron_explainer.records.store import RunStore
+
+    sim = cfg.simulate
+    template = load_simulator_template(cfg.prompts_dir, sim.prompt_version)
+    only = set(parse_neurons(cfg.neurons)) if cfg.neurons else None
+    report = asyncio.run(
+        run_simulate(
+            RunStore(cfg.out),
+            backends.get(sim.simulator),
+            template,
+            max_level=sim.max_level,
+            top_k=sim.top_k,
+            neurons=only,
+            max_concurrent=cfg.max_concurrent,
+            progress=_stage_progress,
+        )
+    )
+    _report(report)
+
+
+def _do_score(cfg: RunConfig) -> None:
+    from rich.table import Table
+
+    from neuron_explainer.pipeline import run_score, score_summary
+    from neuron_explainer.records.store import RunStore
+
+    store = RunStore(cfg.out)
+    _report(run_score(store))
+    summary = score_summary(store)
+    table = Table(title=f"explanation scores in {cfg.out} (pooled correlation, valid split)")
+    for col in ("neuron", "explanation", "top-and-random", "random-only"):
+        table.add_column(col, justify="right" if "random" in col else "left")
+
+    def fmt(v: float) -> str:
+        return "undefined" if v != v else f"{v:.3f}"
+
+    for row in summary.itertuples():
+        table.add_row(f"{row.layer}:{row.neuron}", row.explanation, fmt(row.top_and_random), fmt(row.random_only))
+    out.print(table)
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")]
 
@@ -249,6 +354,69 @@ def show(
         _fail(e)
 
 
+RunOpt = Annotated[str | None, typer.Option("--run", "--records", help="Run directory (a completed harvest).")]
+NeuronsOpt = Annotated[str | None, typer.Option(help="Neurons, e.g. 5:0-99 or 5:3,7:10-12.")]
+
+
+def _stage_config(
+    config: Path | None, overrides: list[str] | None, run_dir: str | None, neurons: str | None, extra: dict[str, Any]
+) -> RunConfig:
+    sets = list(overrides or [])
+    if run_dir is not None:
+        sets.append(f"out={run_dir}")
+    if neurons is not None:
+        sets.append(f"neurons={neurons!s}")
+    sets += [f"{k}={v}" for k, v in extra.items() if v is not None]
+    return load_config(config, sets)
+
+
+@app.command("explain")
+def explain_cmd(
+    run_dir: RunOpt = None,
+    neurons: NeuronsOpt = None,
+    explainer: Annotated[str | None, typer.Option(help="local:<model> | openai:<model>@<url> | fake")] = None,
+    n_samples: Annotated[int | None, typer.Option(help="Explanations per neuron.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Explain neurons from their top-activating excerpts (resumable: skips neurons already explained)."""
+    _setup_logging(False)
+    try:
+        cfg = _stage_config(
+            config, overrides, run_dir, neurons, {"explain.explainer": explainer, "explain.n_samples": n_samples}
+        )
+        _do_explain(cfg, _Backends(cfg.llm_device))
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    run_dir: RunOpt = None,
+    simulator: Annotated[str | None, typer.Option(help="local:<model> | openai:<model>@<url>")] = None,
+    neurons: NeuronsOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Simulate every explanation on its neuron's scoring excerpts, all at once (one pass per excerpt)."""
+    _setup_logging(False)
+    try:
+        cfg = _stage_config(config, overrides, run_dir, neurons, {"simulate.simulator": simulator})
+        _do_simulate(cfg, _Backends(cfg.llm_device))
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command("score")
+def score_cmd(run_dir: RunOpt = None, config: ConfigOpt = None, overrides: SetOpt = None) -> None:
+    """Score simulations (pooled correlation: top-and-random and random-only) and print the table."""
+    _setup_logging(False)
+    try:
+        _do_score(_stage_config(config, overrides, run_dir, None, {}))
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -256,7 +424,7 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Delete existing outputs made with another config.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the pipeline from a config: harvest, then print a few neurons' top excerpts."""
+    """Run the pipeline from a config: harvest, then explain, simulate and score the selected neurons."""
     _setup_logging(verbose)
     try:
         cfg = load_config(config, overrides)
@@ -268,6 +436,11 @@ def run(
                 highlight=False,
             )
             _show(cfg.out, _pick_neurons(cfg.out, manifest, cfg.show_neurons), 3)
+        if cfg.neurons:
+            backends = _Backends(cfg.llm_device)
+            _do_explain(cfg, backends)
+            _do_simulate(cfg, backends)
+            _do_score(cfg)
     except NeuronExplainerError as e:
         _fail(e)
 

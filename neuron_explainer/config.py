@@ -110,6 +110,32 @@ class HarvestConfig(_Config):
 NON_SEMANTIC_HARVEST_FIELDS = frozenset({"device", "batch_size", "checkpoint_seconds"})
 
 
+class ExplainConfig(_Config):
+    """Explainer settings."""
+
+    explainer: str = "local:builtin:smollm2-135m-instruct"
+    """Back-end spec: `local:<model>`, `openai:<model>@<base-url>` or `fake`."""
+    n_samples: int = Field(default=1, ge=1)
+    """Explanations sampled per neuron."""
+    temperature: float = Field(default=1.0, ge=0)
+    max_tokens: int = Field(default=60, ge=1)
+    seed: int | None = 0
+    """Sampling seed (local back end; servers may ignore it)."""
+    prompt_version: str = "v1"
+
+
+class SimulateConfig(_Config):
+    """Simulator settings."""
+
+    simulator: str = "local:builtin:gemma3-270m"
+    """Back-end spec; all-at-once simulation needs prompt logprobs."""
+    max_level: int | None = Field(default=None, ge=1, le=10)
+    """Top of the label scale (None: 10 if the tokenizer has a single "10" token, else 9)."""
+    top_k: int = Field(default=20, ge=1)
+    """Top next-token logprobs read at each slot."""
+    prompt_version: str = "v1"
+
+
 class RunConfig(_Config):
     """One run: where it writes and each stage's settings."""
 
@@ -117,7 +143,17 @@ class RunConfig(_Config):
     """Run directory. Non-semantic."""
     harvest: HarvestConfig = HarvestConfig()
     show_neurons: int = Field(default=3, ge=0)
-    """How many neurons `run` prints at the end (their top excerpts)."""
+    """How many neurons `run` prints after the harvest (their top excerpts)."""
+    neurons: str | None = None
+    """Neurons to explain, simulate and score, e.g. `12:0-3,6:314` (None: harvest only)."""
+    explain: ExplainConfig = ExplainConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    llm_device: str = "cpu"
+    """Device of local explainer/simulator models. Non-semantic."""
+    max_concurrent: int = Field(default=4, ge=1)
+    """LLM requests in flight at once. Non-semantic."""
+    prompts_dir: str | None = None
+    """Directory of prompt templates (None: the repository's prompts/)."""
 
 
 def harvest_semantic_hash(cfg: HarvestConfig) -> str:

@@ -58,6 +58,8 @@ class LocalBackend:
         self._cache: list[_PrefixEntry] = []
         self._lock = threading.Lock()
         self._token_text: dict[int, str] = {}
+        self.reuse_failures = 0
+        """Prompts whose cached-prefix continuation failed and were recomputed in full."""
         self.forward_tokens = 0
         """Tokens run through the model by prompt_logprobs (prefix reuse lowers it)."""
 
@@ -116,11 +118,11 @@ class LocalBackend:
         return text
 
     def _forward_top(
-        self, ids: list[int], top_k: int, include: tuple[int, ...] = ()
+        self, ids: list[int], top_k: int, include: tuple[int, ...] = (), allow_reuse: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k (then the `include` ids') next-token log-probs at every position, reusing a cached prefix."""
         start, kv, cached_v, cached_i = 0, None, None, None
-        if self.reuse_prefix:
+        if self.reuse_prefix and allow_reuse:
             best = None
             for entry in self._cache:
                 n = _common_prefix(entry.ids, ids)
@@ -143,8 +145,17 @@ class LocalBackend:
         if self.reuse_prefix and kv is None:
             kv = _recording_cache(self.module)
         x = torch.tensor([ids[start:]], device=self.device)
-        with torch.no_grad():
-            out = self.module(input_ids=x, past_key_values=kv, use_cache=self.reuse_prefix)
+        try:
+            with torch.no_grad():
+                out = self.module(input_ids=x, past_key_values=kv, use_cache=self.reuse_prefix)
+        except RuntimeError as e:
+            if start == 0:
+                raise
+            # Some cache layouts (sliding-window layers after a crop) reject some continuations:
+            # recompute this prompt from scratch rather than fail.
+            logger.debug("prefix reuse failed for %s, recomputing in full: %s", self.model, e)
+            self.reuse_failures += 1
+            return self._forward_top(ids, top_k, include, allow_reuse=False)
         self.forward_tokens += x.shape[1]
         logp = torch.log_softmax(out.logits[0].float(), dim=-1)
         values, indices = logp.topk(top_k, dim=-1)

@@ -62,3 +62,62 @@ RECORDS_WRITE_OPTIONS = {
     "use_byte_stream_split": ["activations.list.element", "max_activation"],
 }
 """Parquet writer options for `records` tables."""
+
+EXPLANATIONS = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("explanation", pa.string(), nullable=False),
+        pa.field("explainer", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int16(), nullable=False),
+        pa.field("round", pa.int16(), nullable=False),
+        pa.field("params_hash", pa.string(), nullable=False),
+    ]
+)
+"""One row per explanation. `explainer` is `backend:model`."""
+
+SIMULATIONS = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("record_kind", pa.string(), nullable=False),
+        pa.field("excerpt_id", pa.int32(), nullable=False),
+        pa.field("expected_values", pa.list_(pa.float32()), nullable=False),
+        pa.field("max_level", pa.int8(), nullable=False),
+        pa.field("simulator", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+    ]
+)
+"""One row per (explanation, scored excerpt); expected values in simulated units 0..max_level."""
+
+SCORES = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("correlation", pa.float64(), nullable=True),
+        pa.field("explained_variance", pa.float64(), nullable=True),
+        pa.field("undefined_reason", pa.string(), nullable=True),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("per_excerpt", pa.list_(pa.float64()), nullable=False),
+        pa.field("simulator", pa.string(), nullable=False),
+    ]
+)
+"""One row per (explanation, scorer); `correlation` is null when undefined (see `undefined_reason`)."""
+
+FAILURES = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=True),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=True),
+    ]
+)
+"""Units that produced nothing usable; retried on the next run, never scored."""
