@@ -54,11 +54,15 @@ _PREFIX = re.compile(
 )
 
 
-def parse_explanation(text: str) -> str:
+_SCAFFOLD = ("<start>", "<end>", "non-zero tokens", "excerpt 1", "activations")
+
+
+def parse_explanation(text: str, few_shot: Sequence[str] = ()) -> str:
     """Clean the explainer's answer down to the explanation phrase.
 
     Raises:
-        ExplanationParseError: nothing usable is left, or the answer runs on far past one phrase.
+        ExplanationParseError: nothing usable is left, the answer runs on far past one phrase, echoes the
+            prompt's scaffolding, or repeats a few-shot example's explanation (small models do).
     """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
@@ -69,6 +73,11 @@ def parse_explanation(text: str) -> str:
         raise ExplanationParseError(f"no explanation in the explainer's output {text[:80]!r}")
     if len(phrase) > MAX_EXPLANATION_CHARS:
         raise ExplanationParseError(f"explanation longer than {MAX_EXPLANATION_CHARS} characters: {phrase[:80]!r}...")
+    low = phrase.lower()
+    if any(marker in low for marker in _SCAFFOLD):
+        raise ExplanationParseError(f"the output echoes the prompt instead of explaining: {phrase[:80]!r}")
+    if any(low == ex.lower().rstrip(".") for ex in few_shot):
+        raise ExplanationParseError(f"the output repeats a few-shot example's explanation: {phrase!r}")
     return phrase
 
 
@@ -85,13 +94,15 @@ async def explain(
     """Sample `n` explanations; each is a cleaned phrase or a typed parse Failure (never an empty string)."""
     require(backend, Capability.GENERATE, "explanation")
     messages = build_explainer_messages(template, records)
+    if getattr(backend, "supports_prefill", False):
+        messages.append(Message("assistant", ANSWER_PREFIX))  # the model completes the sentence
     outputs = await backend.generate(
         messages, GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
     )
     results: list[str | Failure] = []
     for raw in outputs:
         try:
-            results.append(parse_explanation(raw))
+            results.append(parse_explanation(raw, [ex.explanation for ex in template.examples]))
         except ExplanationParseError as e:
             results.append(Failure(stage="explain", kind="parse", message=str(e), raw=raw))
     return results

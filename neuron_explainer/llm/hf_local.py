@@ -36,6 +36,8 @@ class LocalBackend:
 
     name = "local"
     capabilities = frozenset({Capability.GENERATE, Capability.PROMPT_LOGPROBS})
+    supports_prefill = True
+    """A trailing assistant message is continued, not answered."""
 
     def __init__(
         self,
@@ -80,9 +82,20 @@ class LocalBackend:
     def _chat_ids(self, messages: Sequence[Message]) -> torch.Tensor:
         tok = self.tokenizer
         chat = [{"role": m.role, "content": m.content} for m in messages]
+        prefill = bool(messages) and messages[-1].role == "assistant"
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            # a trailing assistant message is a prefill: the model continues it
+            ids = tok.apply_chat_template(
+                chat,
+                add_generation_prompt=not prefill,
+                continue_final_message=prefill,
+                return_tensors="pt",
+                return_dict=True,
+            )
             return ids["input_ids"]
+        if prefill:
+            text = "".join(f"{m.role.capitalize()}: {m.content}\n\n" for m in messages[:-1])
+            return tok(text + f"Assistant: {messages[-1].content}", return_tensors="pt").input_ids
         text = "".join(f"{m.role.capitalize()}: {m.content}\n\n" for m in messages) + "Assistant:"
         return tok(text, return_tensors="pt").input_ids
 

@@ -58,3 +58,10 @@ def test_explain_returns_phrases_and_typed_failures() -> None:
     assert isinstance(out[1], Failure) and out[1].kind == "parse" and out[1].stage == "explain"
     ((_, (messages, params)),) = fake.calls
     assert params.n == 3 and params.temperature == 1.0 and messages[-1].role == "user"
+
+
+def test_copies_and_prompt_echoes_are_rejected() -> None:
+    with pytest.raises(ExplanationParseError, match="repeats a few-shot"):
+        parse_explanation(" numbers that give a person's age.", ["numbers that give a person's age"])
+    with pytest.raises(ExplanationParseError, match="echoes the prompt"):
+        parse_explanation("The same activations, non-zero tokens only:")

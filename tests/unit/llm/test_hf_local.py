@@ -77,3 +77,12 @@ def test_included_tokens_are_reported_exactly_outside_the_top_k(tiny) -> None:
     for pos, t in enumerate(out, start=1):
         got = dict(t.top)
         assert abs(got["moon"] - float(logp[pos, moon])) < 1e-6 and "star" in got and len(t.top) <= 4
+
+
+def test_trailing_assistant_message_is_continued(tiny) -> None:
+    model, tokenizer = tiny
+    backend = LocalBackend(model, tokenizer, model_name="tiny")
+    msgs = [Message("user", "the cat"), Message("assistant", "the dog")]
+    ids = backend._chat_ids(msgs)[0].tolist()
+    assert tokenizer.decode(ids).rstrip().endswith("dog")  # no new turn after the prefill
+    assert len(asyncio.run(backend.generate(msgs, GenerateParams(max_tokens=4, temperature=0.0)))) == 1
