@@ -12,7 +12,9 @@ from neuron_explainer.llm.base import LLMBackend
 KINDS = ("local", "openai", "fake")
 
 
-def build_backend(spec: str, *, device: str = "cpu", dtype: str = "float32") -> LLMBackend:
+def build_backend(
+    spec: str, *, device: str = "cpu", dtype: str = "float32", api_key_env: str = "OPENAI_API_KEY"
+) -> LLMBackend:
     """Build a back end from its spec.
 
     Raises:
@@ -30,7 +32,12 @@ def build_backend(spec: str, *, device: str = "cpu", dtype: str = "float32") -> 
 
         return LocalBackend.load(rest, device=device, dtype=dtype)
     if kind == "openai":
-        raise ConfigError("the openai back end is not available yet in this version")
+        model, _, base_url = rest.partition("@")
+        if not model:
+            raise ConfigError("openai back end needs a model: openai:<model>[@<base-url>]")
+        from neuron_explainer.llm.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(model, base_url or "https://api.openai.com/v1", api_key_env=api_key_env)
     raise ConfigError(f"unknown back end {spec!r}: use one of {', '.join(k + ':...' for k in KINDS)}")
 
 

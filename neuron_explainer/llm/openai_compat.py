@@ -1,0 +1,193 @@
+"""OpenAI-compatible HTTP back end (OpenAI, vLLM, llama.cpp server, ...) through the `openai` package.
+
+Transport only, plus pure `build_*` / `parse_*` helpers that tests exercise without a network. Chat
+completions serve `generate`; legacy completions with `echo` + `logprobs` serve `prompt_logprobs`.
+Retries are classified: 408/409/429/5xx, timeouts and connection errors back off with jitter; other
+4xx (a bad API key above all) fail at once with a clear message. The API key is read from an environment
+variable when the back end is built, and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from neuron_explainer.llm.base import BackendError, Capability, GenerateParams, Message, TokenLogprobs
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+def build_chat_payload(model: str, messages: Sequence[Message], params: GenerateParams) -> dict[str, Any]:
+    """Body of a /chat/completions request."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "n": params.n,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.stop:
+        body["stop"] = list(params.stop)
+    return body
+
+
+def build_echo_payload(model: str, prompt: str, top_k: int) -> dict[str, Any]:
+    """Body of a /completions request that echoes the prompt with its top-k logprobs."""
+    return {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top_k}
+
+
+def parse_echo_logprobs(prompt: str, logprobs: dict[str, Any]) -> list[TokenLogprobs]:
+    """Turn an echoed completion's `logprobs` object into per-token next-token predictions.
+
+    In the OpenAI format `top_logprobs[i]` is the distribution that produced token i; our `top` of token
+    i is the prediction of token i+1, so it is `top_logprobs[i + 1]`. Some servers put the prediction
+    of the next token at i instead: detected from `token_logprobs` (each token's own logprob must appear
+    in the distribution that produced it) and corrected, or refused when neither reading fits.
+
+    Raises:
+        BackendError: missing fields or an alignment that fits neither convention.
+    """
+    try:
+        tokens: list[str] = logprobs["tokens"]
+        offsets: list[int] = logprobs["text_offset"]
+        own: list[float | None] = logprobs["token_logprobs"]
+        tops: list[dict[str, float] | None] = logprobs["top_logprobs"]
+    except (KeyError, TypeError) as e:
+        raise BackendError(f"the server's echoed logprobs lack {e}: it may not support echo + logprobs") from None
+    n = sum(1 for off in offsets if off < len(prompt))  # drop the generated token(s) after the prompt
+    shift = _alignment(tokens, own, tops)
+    out = []
+    for i in range(n):
+        j = i + 1 - shift  # index of the distribution predicting token i + 1
+        top = tops[j] if 0 <= j < len(tops) and tops[j] else {}
+        ordered = tuple(sorted(top.items(), key=lambda kv: -kv[1]))
+        out.append(TokenLogprobs(tokens[i], int(offsets[i]), ordered))
+    return out
+
+
+def _alignment(tokens: list[str], own: list[float | None], tops: list[dict[str, float] | None]) -> int:
+    """0 if top_logprobs[i] produced token i (OpenAI convention), 1 if it predicts token i+1."""
+
+    def fits(shift: int) -> float:
+        hits = total = 0
+        for i in range(1, len(tokens)):
+            j = i - shift
+            if own[i] is None or not (0 <= j < len(tops)) or not tops[j]:
+                continue
+            total += 1
+            lp = tops[j].get(tokens[i])
+            hits += lp is not None and abs(lp - own[i]) < 1e-3
+        return hits / total if total else 0.0
+
+    same, next_ = fits(0), fits(1)
+    if same >= 0.5 and same >= next_:
+        return 0
+    if next_ >= 0.5:
+        return 1
+    raise BackendError(
+        f"cannot align the server's echoed logprobs with its tokens (fit {same:.2f} as produced-by, "
+        f"{next_:.2f} as next-token): refusing to guess"
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed request should be retried."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUS
+    return False
+
+
+class OpenAICompatBackend:
+    """A model behind an OpenAI-compatible HTTP API."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_concurrent: int = 8,
+        max_attempts: int = 6,
+        max_wait: float = 30.0,
+        prompt_logprobs: bool = True,
+        http_client: Any = None,
+    ) -> None:
+        import openai
+
+        self.model = model
+        self.base_url = base_url
+        self.capabilities = frozenset(
+            {Capability.GENERATE} | ({Capability.PROMPT_LOGPROBS} if prompt_logprobs else set())
+        )
+        # Local servers accept any key; a missing variable is only an error when the server says so.
+        key = os.environ.get(api_key_env) or "no-key"
+        self.api_key_env = api_key_env
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=key, timeout=timeout, max_retries=0, http_client=http_client
+        )
+        self._sem = asyncio.Semaphore(max_concurrent)
+        self.max_attempts = max_attempts
+        self.max_wait = max_wait
+        self.requests = 0
+        """HTTP requests sent, retries included."""
+
+    async def _call(self, fn: Any, **body: Any) -> Any:
+        import openai
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_random_exponential(multiplier=0.5, max=self.max_wait),
+            reraise=True,
+        )
+        try:
+            async with self._sem:
+                async for attempt in retrying:
+                    with attempt:
+                        self.requests += 1
+                        return await fn(**body)
+        except openai.AuthenticationError as e:
+            raise BackendError(f"{self.base_url} refused the API key (HTTP 401): set ${self.api_key_env}") from e
+        except openai.APIStatusError as e:
+            kind = "after retries" if e.status_code in RETRYABLE_STATUS else "(not retryable)"
+            raise BackendError(f"{self.base_url} answered HTTP {e.status_code} {kind}: {e.message}"[:500]) from e
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            raise BackendError(
+                f"{self.base_url} unreachable or timed out after {self.max_attempts} attempts: {e}"
+            ) from e
+        raise AssertionError("unreachable")
+
+    async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
+        """Chat completions; one string per choice."""
+        resp = await self._call(
+            self._client.chat.completions.create, **build_chat_payload(self.model, messages, params)
+        )
+        return [c.message.content or "" for c in resp.choices]
+
+    async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
+        """Echoed prompt logprobs from /completions (`include` is not supported over HTTP and ignored)."""
+        resp = await self._call(self._client.completions.create, **build_echo_payload(self.model, prompt, top_k))
+        lp = resp.choices[0].logprobs
+        if lp is None:
+            raise BackendError(f"{self.base_url} returned no logprobs for an echo request")
+        return parse_echo_logprobs(prompt, lp.model_dump() if hasattr(lp, "model_dump") else dict(lp))
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.close()

@@ -1,0 +1,118 @@
+"""OpenAI-compatible back end: payloads, echo-logprob parsing, retry classification (no network)."""
+
+import asyncio
+import json
+
+import pytest
+
+try:  # the openai package ships its HTTP client as httpx2 in recent releases, httpx before
+    import httpx2 as httpx
+except ImportError:
+    import httpx
+
+from neuron_explainer.llm.base import BackendError, GenerateParams, Message
+from neuron_explainer.llm.fake import fake_tokenize
+from neuron_explainer.llm.openai_compat import (
+    OpenAICompatBackend,
+    build_chat_payload,
+    build_echo_payload,
+    parse_echo_logprobs,
+)
+
+
+def test_payloads() -> None:
+    body = build_chat_payload(
+        "m",
+        [Message("system", "s"), Message("user", "u")],
+        GenerateParams(max_tokens=7, temperature=1.0, n=3, seed=4, stop=("\n\n",)),
+    )
+    assert body == {
+        "model": "m",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        "max_tokens": 7,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "n": 3,
+        "seed": 4,
+        "stop": ["\n\n"],
+    }
+    assert build_echo_payload("m", "p", 5) == {
+        "model": "m",
+        "prompt": "p",
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "echo": True,
+        "logprobs": 5,
+    }
+
+
+def echo_logprobs(prompt: str, shift: int = 0) -> dict:
+    """An echo response in the OpenAI convention (shift=0) or shifted by one (shift=1), plus 1 generated token."""
+    toks = fake_tokenize(prompt) + [("X", len(prompt))]
+    tokens = [t for t, _ in toks]
+    produced = [None] + [{t: -0.5, "other": -2.0} for t in tokens[1:]]  # distribution that produced token i
+    own = [None] + [-0.5] * (len(tokens) - 1)
+    tops = produced if shift == 0 else produced[1:] + [None]
+    return {"tokens": tokens, "text_offset": [o for _, o in toks], "token_logprobs": own, "top_logprobs": tops}
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_echo_parsing_detects_alignment(shift: int) -> None:
+    prompt = "a\tb\nc\td"
+    out = parse_echo_logprobs(prompt, echo_logprobs(prompt, shift))
+    assert [(t.token, t.offset) for t in out] == fake_tokenize(prompt)  # generated token dropped
+    for i, t in enumerate(out[:-1]):
+        assert t.top[0] == (out[i + 1].token, -0.5)  # top of token i predicts token i+1
+
+
+def test_echo_parsing_refuses_what_fits_no_convention() -> None:
+    lp = echo_logprobs("a\tb\nc\td")
+    lp["top_logprobs"] = [None] + [{"zzz": -0.1}] * (len(lp["tokens"]) - 1)
+    with pytest.raises(BackendError, match="cannot align"):
+        parse_echo_logprobs("a\tb\nc\td", lp)
+    with pytest.raises(BackendError, match="lack"):
+        parse_echo_logprobs("x", {"tokens": []})
+
+
+def backend_with(responses: list[tuple[int, dict]], **kw) -> tuple[OpenAICompatBackend, list[dict]]:
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        status, body = responses[min(len(seen) - 1, len(responses) - 1)]
+        return httpx.Response(status, json=body)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return OpenAICompatBackend("m", "http://127.0.0.1:9/v1", http_client=client, max_wait=0.01, **kw), seen
+
+
+CHAT_OK = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+}
+ERR = {"error": {"message": "boom", "type": "x"}}
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_transient_errors_are_retried(status: int) -> None:
+    backend, seen = backend_with([(status, ERR), (status, ERR), (200, CHAT_OK)])
+    assert asyncio.run(backend.generate([Message("user", "u")], GenerateParams())) == ["hi"]
+    assert len(seen) == 3
+
+
+def test_retries_are_bounded() -> None:
+    backend, seen = backend_with([(500, ERR)], max_attempts=3)
+    with pytest.raises(BackendError, match="HTTP 500 after retries"):
+        asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize(("status", "match"), [(401, "refused the API key"), (400, "HTTP 400 \\(not retryable\\)")])
+def test_client_errors_fail_fast(status: int, match: str) -> None:
+    backend, seen = backend_with([(status, ERR), (200, CHAT_OK)])
+    with pytest.raises(BackendError, match=match):
+        asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
+    assert len(seen) == 1
