@@ -161,16 +161,24 @@ def _pick_neurons(run_dir: str, manifest: dict[str, Any], count: int) -> list[tu
 class _Backends:
     """Builds each back-end spec once (explainer and simulator may be the same local model)."""
 
-    def __init__(self, device: str) -> None:
-        self.device = device
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
         self.built: dict[str, Any] = {}
 
     def get(self, spec: str) -> Any:
+        from pathlib import Path
+
+        from neuron_explainer.llm.cache import CachedBackend
         from neuron_explainer.llm.registry import build_backend
 
         if spec not in self.built:
             console.print(f"loading {spec} ...")
-            self.built[spec] = build_backend(spec, device=self.device)
+            backend = build_backend(spec, device=self.cfg.llm_device)
+            if self.cfg.llm_cache:
+                backend = CachedBackend(
+                    backend, Path(self.cfg.out) / "cache" / "llm.sqlite", cache_logprobs=self.cfg.cache_logprobs
+                )
+            self.built[spec] = backend
         return self.built[spec]
 
 
@@ -385,7 +393,7 @@ def explain_cmd(
         cfg = _stage_config(
             config, overrides, run_dir, neurons, {"explain.explainer": explainer, "explain.n_samples": n_samples}
         )
-        _do_explain(cfg, _Backends(cfg.llm_device))
+        _do_explain(cfg, _Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -402,7 +410,7 @@ def simulate_cmd(
     _setup_logging(False)
     try:
         cfg = _stage_config(config, overrides, run_dir, neurons, {"simulate.simulator": simulator})
-        _do_simulate(cfg, _Backends(cfg.llm_device))
+        _do_simulate(cfg, _Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -437,7 +445,7 @@ def run(
             )
             _show(cfg.out, _pick_neurons(cfg.out, manifest, cfg.show_neurons), 3)
         if cfg.neurons:
-            backends = _Backends(cfg.llm_device)
+            backends = _Backends(cfg)
             _do_explain(cfg, backends)
             _do_simulate(cfg, backends)
             _do_score(cfg)

@@ -154,6 +154,10 @@ class RunConfig(_Config):
     """LLM requests in flight at once. Non-semantic."""
     prompts_dir: str | None = None
     """Directory of prompt templates (None: the repository's prompts/)."""
+    llm_cache: bool = True
+    """Cache LLM responses in <out>/cache/llm.sqlite (sampled explanations replay exactly on rerun)."""
+    cache_logprobs: bool = False
+    """Also cache prompt logprobs (large: hundreds of KB per simulated excerpt)."""
 
 
 def harvest_semantic_hash(cfg: HarvestConfig) -> str:

@@ -43,10 +43,10 @@ class FakeBackend:
         return frozenset(caps)
 
     async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
-        """Return the next `params.n` scripted completions."""
-        start = sum(1 for method, _ in self.calls if method == "generate")
+        """Return the next `params.n` scripted completions (cycling)."""
+        start = sum(payload[1].n for method, payload in self.calls if method == "generate")  # samples so far
         self.calls.append(("generate", (tuple(messages), params)))
-        return [self.completions[(start * params.n + i) % len(self.completions)] for i in range(params.n)]
+        return [self.completions[(start + i) % len(self.completions)] for i in range(params.n)]
 
     async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Tokenise with `fake_tokenize` and ask the oracle for each position."""

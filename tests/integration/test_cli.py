@@ -60,3 +60,35 @@ def test_bad_config_key_is_an_error(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "n_excerpt" in result.output
     result = runner.invoke(app, ["run", "--config", str(tmp_path / "missing.yaml")])
     assert result.exit_code != 0 and "config file not found" in result.output
+
+
+def test_stage_commands_wire_up(tiny_model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    harvest = runner.invoke(
+        app,
+        [
+            "harvest",
+            "--model",
+            str(tiny_model_dirs["gpt2"]),
+            "--corpus",
+            str(corpus_file),
+            "--out",
+            str(out),
+            "--n-excerpts",
+            "40",
+            "--excerpt-len",
+            "16",
+        ],
+    )
+    assert harvest.exit_code == 0, harvest.output
+    explained = runner.invoke(app, ["explain", "--run", str(out), "--neurons", "0:0-2", "--explainer", "fake"])
+    assert explained.exit_code == 0 and "explain: 3 done" in " ".join(explained.output.split()), explained.output
+    assert (out / "cache" / "llm.sqlite").exists()
+    again = runner.invoke(app, ["explain", "--run", str(out), "--neurons", "0:0-2", "--explainer", "fake"])
+    assert "0 done, 3 already done" in " ".join(again.output.split())
+    refused = runner.invoke(app, ["simulate", "--run", str(out), "--simulator", "fake"])
+    assert refused.exit_code != 0 and "needs prompt_logprobs" in " ".join(refused.output.split())
+    bad = runner.invoke(app, ["explain", "--run", str(out), "--neurons", "zero", "--explainer", "fake"])
+    assert bad.exit_code != 0 and "neurons must look like" in bad.output
+    scored = runner.invoke(app, ["score", "--run", str(out)])
+    assert scored.exit_code == 0 and "explanation scores" in scored.output
