@@ -240,6 +240,7 @@ def _do_simulate(cfg: RunConfig, backends: _Backends) -> None:
             RunStore(cfg.out),
             backends.get(sim.simulator),
             template,
+            method=sim.method,
             max_level=sim.max_level,
             top_k=sim.top_k,
             neurons=only,
@@ -402,6 +403,7 @@ def explain_cmd(
 def simulate_cmd(
     run_dir: RunOpt = None,
     simulator: Annotated[str | None, typer.Option(help="local:<model> | openai:<model>@<url>")] = None,
+    method: Annotated[str | None, typer.Option(help="all_at_once | one_at_a_time | logprob_free")] = None,
     neurons: NeuronsOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -409,7 +411,9 @@ def simulate_cmd(
     """Simulate every explanation on its neuron's scoring excerpts, all at once (one pass per excerpt)."""
     _setup_logging(False)
     try:
-        cfg = _stage_config(config, overrides, run_dir, neurons, {"simulate.simulator": simulator})
+        cfg = _stage_config(
+            config, overrides, run_dir, neurons, {"simulate.simulator": simulator, "simulate.method": method}
+        )
         _do_simulate(cfg, _Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)

@@ -128,7 +128,10 @@ class SimulateConfig(_Config):
     """Simulator settings."""
 
     simulator: str = "local:builtin:gemma3-270m"
-    """Back-end spec; all-at-once simulation needs prompt logprobs."""
+    """Back-end spec; all-at-once and one-at-a-time simulation need prompt logprobs."""
+    method: Literal["all_at_once", "one_at_a_time", "logprob_free"] = "all_at_once"
+    """all_at_once: one pass per excerpt; one_at_a_time: one request per token; logprob_free: the model
+    writes the levels (for chat-only back ends)."""
     max_level: int | None = Field(default=None, ge=1, le=10)
     """Top of the label scale (None: 10 if the tokenizer has a single "10" token, else 9)."""
     top_k: int = Field(default=20, ge=1)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from neuron_explainer.datatypes import ActivationRecord, Failure, NeuronRecord
-from neuron_explainer.errors import NeuronExplainerError, RunDirError
+from neuron_explainer.errors import ConfigError, NeuronExplainerError, RunDirError
 from neuron_explainer.explain.explainer import explain
 from neuron_explainer.llm.base import Capability, LLMBackend, require
 from neuron_explainer.prompts.templates import ExplainerTemplate, SimulatorTemplate
@@ -32,7 +32,7 @@ from neuron_explainer.records.splits import random_split, top_split
 from neuron_explainer.records.store import RunStore, write_table_atomic
 from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.simulate.parse import SimulationParseError
-from neuron_explainer.simulate.simulator import simulate_all_at_once
+from neuron_explainer.simulate.simulator import NEEDS, simulate
 
 N_EXPLAIN_RECORDS = 5
 N_SCORE_TOP = 5
@@ -210,6 +210,7 @@ async def run_simulate(
     backend: LLMBackend,
     template: SimulatorTemplate,
     *,
+    method: str = "all_at_once",
     max_level: int | None = None,
     top_k: int = 20,
     max_concurrent: int = 1,
@@ -217,7 +218,9 @@ async def run_simulate(
     progress: ProgressFn | None = None,
 ) -> StageReport:
     """Simulate every explanation on its neuron's scoring records; skips explanations already simulated."""
-    require(backend, Capability.PROMPT_LOGPROBS, "all-at-once simulation")
+    if method not in NEEDS:
+        raise ConfigError(f"unknown simulation method {method!r}; choose one of {', '.join(NEEDS)}")
+    require(backend, NEEDS[method], f"{method.replace('_', '-')} simulation")
     store.require_harvest()
     explanations = read_table(store, "explanations", EXPLANATIONS)
     if neurons is not None:
@@ -237,8 +240,8 @@ async def run_simulate(
         rows = []
         try:
             for kind, rec in scoring_records(load_neuron_record(store.root, layer, neuron)):
-                sim = await simulate_all_at_once(
-                    unit["explanation"], rec.tokens, backend, template, max_level=max_level, top_k=top_k
+                sim = await simulate(
+                    method, unit["explanation"], rec.tokens, backend, template, max_level=max_level, top_k=top_k
                 )
                 rows.append(
                     {

@@ -52,3 +52,36 @@ async def simulate_all_at_once(
         simulator=f"{backend.name}:{backend.model}",
         prompt_version=template.version,
     )
+
+
+METHODS = ("all_at_once", "one_at_a_time", "logprob_free")
+NEEDS = {
+    "all_at_once": Capability.PROMPT_LOGPROBS,
+    "one_at_a_time": Capability.PROMPT_LOGPROBS,
+    "logprob_free": Capability.GENERATE,
+}
+"""simulation method -> the capability it needs from the back end."""
+
+
+async def simulate(
+    method: str,
+    explanation: str,
+    tokens: Sequence[str],
+    backend: LLMBackend,
+    template: SimulatorTemplate,
+    *,
+    max_level: int | None = None,
+    top_k: int = 20,
+) -> Simulation:
+    """Dispatch to one of the simulators by name."""
+    if method == "all_at_once":
+        return await simulate_all_at_once(explanation, tokens, backend, template, max_level=max_level, top_k=top_k)
+    if method == "one_at_a_time":
+        from neuron_explainer.simulate.one_at_a_time import simulate_one_at_a_time
+
+        return await simulate_one_at_a_time(explanation, tokens, backend, template, max_level=max_level, top_k=top_k)
+    if method == "logprob_free":
+        from neuron_explainer.simulate.logprob_free import simulate_logprob_free
+
+        return await simulate_logprob_free(explanation, tokens, backend, template, max_level=max_level or 10)
+    raise ValueError(f"unknown simulation method {method!r}; choose one of {', '.join(METHODS)}")

@@ -88,6 +88,10 @@ def test_stage_commands_wire_up(tiny_model_dirs: dict[str, Path], corpus_file: P
     assert "0 done, 3 already done" in " ".join(again.output.split())
     refused = runner.invoke(app, ["simulate", "--run", str(out), "--simulator", "fake"])
     assert refused.exit_code != 0 and "needs prompt_logprobs" in " ".join(refused.output.split())
+    # a chat-only back end can still simulate logprob-free; the fake's prose answer is a typed failure
+    free = runner.invoke(app, ["simulate", "--run", str(out), "--simulator", "fake", "--method", "logprob_free"])
+    assert free.exit_code == 0 and "3 failed" in " ".join(free.output.split()), free.output
+    assert "no JSON array" in free.output
     bad = runner.invoke(app, ["explain", "--run", str(out), "--neurons", "zero", "--explainer", "fake"])
     assert bad.exit_code != 0 and "neurons must look like" in bad.output
     scored = runner.invoke(app, ["score", "--run", str(out)])
