@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from neuron_explainer.cli_stages import Backends, console, do_explain, do_score, do_simulate, out
 from neuron_explainer.config import RunConfig, load_config
 from neuron_explainer.errors import ConfigError, NeuronExplainerError
 
@@ -20,8 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Harvest, explain, simulate and score the MLP neurons of transformer language models.",
 )
-console = Console(stderr=True)
-out = Console(soft_wrap=True)
+
 logger = logging.getLogger("neuron_explainer")
 
 
@@ -158,120 +157,6 @@ def _pick_neurons(run_dir: str, manifest: dict[str, Any], count: int) -> list[tu
     return picks
 
 
-class _Backends:
-    """Builds each back-end spec once (explainer and simulator may be the same local model)."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-        self.built: dict[str, Any] = {}
-
-    def get(self, spec: str) -> Any:
-        from pathlib import Path
-
-        from neuron_explainer.llm.cache import CachedBackend
-        from neuron_explainer.llm.registry import build_backend
-
-        if spec not in self.built:
-            console.print(f"loading {spec} ...")
-            backend = build_backend(spec, device=self.cfg.llm_device)
-            if self.cfg.llm_cache:
-                backend = CachedBackend(
-                    backend, Path(self.cfg.out) / "cache" / "llm.sqlite", cache_logprobs=self.cfg.cache_logprobs
-                )
-            self.built[spec] = backend
-        return self.built[spec]
-
-
-def _stage_progress(stage: str, done: int, total: int) -> None:
-    console.print(f"{stage}: {done}/{total}", highlight=False)
-
-
-def _report(report: Any) -> None:
-    console.print(
-        f"{report.stage}: {report.completed} done, {report.skipped_done} already done, {report.failed} failed",
-        highlight=False,
-    )
-    for line in report.failures[:10]:
-        console.print(f"  [yellow]failure[/] {line}", highlight=False)
-
-
-def _do_explain(cfg: RunConfig, backends: _Backends) -> None:
-    import asyncio
-
-    from neuron_explainer.llm.registry import parse_neurons
-    from neuron_explainer.pipeline import run_explain
-    from neuron_explainer.prompts.templates import load_explainer_template
-    from neuron_explainer.records.store import RunStore
-
-    if not cfg.neurons:
-        raise ConfigError("no neurons selected: pass --neurons LAYER:FROM-TO (or set `neurons` in the config)")
-    e = cfg.explain
-    template = load_explainer_template(cfg.prompts_dir, e.prompt_version)
-    report = asyncio.run(
-        run_explain(
-            RunStore(cfg.out),
-            parse_neurons(cfg.neurons),
-            backends.get(e.explainer),
-            template,
-            n_samples=e.n_samples,
-            temperature=e.temperature,
-            max_tokens=e.max_tokens,
-            seed=e.seed,
-            max_concurrent=cfg.max_concurrent,
-            progress=_stage_progress,
-        )
-    )
-    _report(report)
-
-
-def _do_simulate(cfg: RunConfig, backends: _Backends) -> None:
-    import asyncio
-
-    from neuron_explainer.llm.registry import parse_neurons
-    from neuron_explainer.pipeline import run_simulate
-    from neuron_explainer.prompts.templates import load_simulator_template
-    from neuron_explainer.records.store import RunStore
-
-    sim = cfg.simulate
-    template = load_simulator_template(cfg.prompts_dir, sim.prompt_version)
-    only = set(parse_neurons(cfg.neurons)) if cfg.neurons else None
-    report = asyncio.run(
-        run_simulate(
-            RunStore(cfg.out),
-            backends.get(sim.simulator),
-            template,
-            method=sim.method,
-            max_level=sim.max_level,
-            top_k=sim.top_k,
-            neurons=only,
-            max_concurrent=cfg.max_concurrent,
-            progress=_stage_progress,
-        )
-    )
-    _report(report)
-
-
-def _do_score(cfg: RunConfig) -> None:
-    from rich.table import Table
-
-    from neuron_explainer.pipeline import run_score, score_summary
-    from neuron_explainer.records.store import RunStore
-
-    store = RunStore(cfg.out)
-    _report(run_score(store))
-    summary = score_summary(store)
-    table = Table(title=f"explanation scores in {cfg.out} (pooled correlation, valid split)")
-    for col in ("neuron", "explanation", "top-and-random", "random-only"):
-        table.add_column(col, justify="right" if "random" in col else "left")
-
-    def fmt(v: float) -> str:
-        return "undefined" if v != v else f"{v:.3f}"
-
-    for row in summary.itertuples():
-        table.add_row(f"{row.layer}:{row.neuron}", row.explanation, fmt(row.top_and_random), fmt(row.random_only))
-    out.print(table)
-
-
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")]
 
@@ -394,7 +279,7 @@ def explain_cmd(
         cfg = _stage_config(
             config, overrides, run_dir, neurons, {"explain.explainer": explainer, "explain.n_samples": n_samples}
         )
-        _do_explain(cfg, _Backends(cfg))
+        do_explain(cfg, Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -414,7 +299,7 @@ def simulate_cmd(
         cfg = _stage_config(
             config, overrides, run_dir, neurons, {"simulate.simulator": simulator, "simulate.method": method}
         )
-        _do_simulate(cfg, _Backends(cfg))
+        do_simulate(cfg, Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -424,7 +309,7 @@ def score_cmd(run_dir: RunOpt = None, config: ConfigOpt = None, overrides: SetOp
     """Score simulations (pooled correlation: top-and-random and random-only) and print the table."""
     _setup_logging(False)
     try:
-        _do_score(_stage_config(config, overrides, run_dir, None, {}))
+        do_score(_stage_config(config, overrides, run_dir, None, {}))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -449,10 +334,10 @@ def run(
             )
             _show(cfg.out, _pick_neurons(cfg.out, manifest, cfg.show_neurons), 3)
         if cfg.neurons:
-            backends = _Backends(cfg)
-            _do_explain(cfg, backends)
-            _do_simulate(cfg, backends)
-            _do_score(cfg)
+            backends = Backends(cfg)
+            do_explain(cfg, backends)
+            do_simulate(cfg, backends)
+            do_score(cfg)
     except NeuronExplainerError as e:
         _fail(e)
 
