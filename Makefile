@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-server check bench clean
+.PHONY: install demo test check bench clean
 
 $(BIN)/neuron-explainer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,9 +20,9 @@ $(BIN)/neuron-explainer: pyproject.toml
 
 install: $(BIN)/neuron-explainer
 
-# llama.cpp's OpenAI-compatible server, for the opt-in live-server tests (`make test-server`). It
-# builds from source; the default native build (-march=native) segfaulted on these machines, a portable
-# build works, so never reuse a cached wheel of it.
+# llama.cpp's OpenAI-compatible server, for the live HTTP back-end tests (a real server on loopback).
+# It builds from source (minutes); the default native build (-march=native) segfaulted on these
+# machines, a portable build works, so never reuse a cached wheel of it.
 $(VENV)/.llama-server: $(BIN)/neuron-explainer
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	touch $@
@@ -34,12 +34,9 @@ check: install
 	$(BIN)/ruff check neuron_explainer tests benchmarks scripts
 	$(BIN)/ruff format --check neuron_explainer tests benchmarks scripts
 
-test: install
+test: install $(VENV)/.llama-server
 	$(BIN)/ruff check neuron_explainer tests benchmarks scripts
 	$(BIN)/python -m pytest -q
-
-test-server: install $(VENV)/.llama-server
-	$(BIN)/python -m pytest -q --run-slow tests/integration/test_llama_server.py
 
 bench: install
 	$(BIN)/python benchmarks/harvest.py

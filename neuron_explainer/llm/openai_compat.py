@@ -67,35 +67,42 @@ def parse_echo_logprobs(prompt: str, logprobs: dict[str, Any]) -> list[TokenLogp
     out = []
     for i in range(n):
         j = i + 1 - shift  # index of the distribution predicting token i + 1
-        top = tops[j] if 0 <= j < len(tops) and tops[j] else {}
+        top = dict(tops[j]) if 0 <= j < len(tops) and tops[j] else {}
+        if shift == 1 and own[i] is not None and abs(top.get(tokens[i], 1e9) - own[i]) < 1e-6:
+            del top[tokens[i]]  # the server's inserted own-token entry, not part of this distribution
         ordered = tuple(sorted(top.items(), key=lambda kv: -kv[1]))
         out.append(TokenLogprobs(tokens[i], int(offsets[i]), ordered))
     return out
 
 
 def _alignment(tokens: list[str], own: list[float | None], tops: list[dict[str, float] | None]) -> int:
-    """0 if top_logprobs[i] produced token i (OpenAI convention), 1 if it predicts token i+1."""
+    """0 if top_logprobs[i] is the distribution that produced token i (OpenAI), 1 if it predicts token i+1.
 
-    def fits(shift: int) -> float:
-        hits = total = 0
-        for i in range(1, len(tokens)):
-            j = i - shift
-            if own[i] is None or not (0 <= j < len(tops)) or not tops[j]:
-                continue
-            total += 1
-            lp = tops[j].get(tokens[i])
-            hits += lp is not None and abs(lp - own[i]) < 1e-3
-        return hits / total if total else 0.0
+    Decided by which reading makes the top alternative agree with the actual text more often: under the
+    right reading the most likely token is often the one that really comes (prompts here are regular:
+    a tab after each token, a newline after each label). llama-cpp-python's server uses the second
+    reading and also inserts token i's own (shifted) logprob into top_logprobs[i]; that entry is left
+    out when testing the second reading. `own` is not trusted: that server shifts it too.
+    """
+    del own  # see above
 
-    same, next_ = fits(0), fits(1)
-    if same >= 0.5 and same >= next_:
-        return 0
-    if next_ >= 0.5:
-        return 1
-    raise BackendError(
-        f"cannot align the server's echoed logprobs with its tokens (fit {same:.2f} as produced-by, "
-        f"{next_:.2f} as next-token): refusing to guess"
-    )
+    def argmax(d: dict[str, float], skip: str | None = None) -> str | None:
+        items = [(v, k) for k, v in d.items() if k != skip]
+        return max(items)[1] if items else None
+
+    same = nxt = total = 0
+    for i in range(1, len(tokens) - 1):
+        if not tops[i]:
+            continue
+        total += 1
+        same += argmax(tops[i]) == tokens[i]
+        nxt += argmax(tops[i], skip=tokens[i]) == tokens[i + 1]
+    if total == 0 or max(same, nxt) < 0.05 * total:
+        raise BackendError(
+            f"cannot align the server's echoed logprobs with its tokens ({same}/{total} positions fit "
+            f"'produced by', {nxt}/{total} fit 'predicts next'): refusing to guess"
+        )
+    return 1 if nxt > same else 0
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -47,12 +47,20 @@ def test_payloads() -> None:
 
 
 def echo_logprobs(prompt: str, shift: int = 0) -> dict:
-    """An echo response in the OpenAI convention (shift=0) or shifted by one (shift=1), plus 1 generated token."""
+    """An echo response, plus 1 generated token, in the OpenAI convention (shift=0) or llama-cpp-python's
+    (shift=1: top_logprobs[i] predicts token i+1, with token i's own logprob inserted)."""
     toks = fake_tokenize(prompt) + [("X", len(prompt))]
     tokens = [t for t, _ in toks]
     produced = [None] + [{t: -0.5, "other": -2.0} for t in tokens[1:]]  # distribution that produced token i
     own = [None] + [-0.5] * (len(tokens) - 1)
-    tops = produced if shift == 0 else produced[1:] + [None]
+    if shift == 1:
+        own = [None] + [-7.0] * (len(tokens) - 1)  # that server's own logprobs are shifted too: low, wrong
+    if shift == 0:
+        tops = produced
+    else:
+        tops = [dict(d or {}) for d in produced[1:]] + [{}]
+        for i in range(1, len(tokens)):
+            tops[i][tokens[i]] = own[i]
     return {"tokens": tokens, "text_offset": [o for _, o in toks], "token_logprobs": own, "top_logprobs": tops}
 
 
@@ -63,11 +71,12 @@ def test_echo_parsing_detects_alignment(shift: int) -> None:
     assert [(t.token, t.offset) for t in out] == fake_tokenize(prompt)  # generated token dropped
     for i, t in enumerate(out[:-1]):
         assert t.top[0] == (out[i + 1].token, -0.5)  # top of token i predicts token i+1
+        assert dict(t.top).keys() <= {out[i + 1].token, "other"}  # no inserted own-token entry
 
 
 def test_echo_parsing_refuses_what_fits_no_convention() -> None:
     lp = echo_logprobs("a\tb\nc\td")
-    lp["top_logprobs"] = [None] + [{"zzz": -0.1}] * (len(lp["tokens"]) - 1)
+    lp["top_logprobs"] = [None] + [{"zzz": -0.1}] * (len(lp["tokens"]) - 1)  # never the real text
     with pytest.raises(BackendError, match="cannot align"):
         parse_echo_logprobs("a\tb\nc\td", lp)
     with pytest.raises(BackendError, match="lack"):
