@@ -7,7 +7,6 @@ value is taken as in all-at-once. A request per token: accurate to the method, a
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from neuron_explainer.datatypes import Simulation
 from neuron_explainer.llm.base import Capability, LLMBackend, require
 from neuron_explainer.prompts.templates import DEFAULT_PROMPTS_DIR, SimulatorTemplate
-from neuron_explainer.simulate.parse import SimulationParseError, rescale_level
+from neuron_explainer.simulate.parse import label_distribution, rescale_level
 from neuron_explainer.simulate.simulator import default_max_level
 
 ANSWER = "Activation:"
@@ -71,24 +70,15 @@ async def simulate_one_at_a_time(
     """
     require(backend, Capability.PROMPT_LOGPROBS, "one-at-a-time simulation")
     level = default_max_level(backend) if max_level is None else max_level
-    labels = {str(v): v for v in range(level + 1)}
+    labels = [str(v) for v in range(level + 1)]
     expected, values, probs = [], [], []
     for i in range(len(tokens)):
         prompt = build_one_at_a_time_prompt(template, explanation, tokens, i, level, prompts_dir)
-        logprobs = await backend.prompt_logprobs(prompt, top_k, include=[" " + k for k in labels] + list(labels))
-        mass: dict[int, float] = {}
-        for tok, lp in logprobs[-1].top:
-            v = labels.get(tok.strip())
-            if v is not None:
-                mass[v] = mass.get(v, 0.0) + math.exp(lp)
-        total = sum(mass.values())
-        if total <= 0:
-            raise SimulationParseError(f"no activation label among the predictions for token {i}; raise top_k")
-        vs = sorted(mass)
-        ps = [mass[v] / total for v in vs]
-        values.append(vs)
-        probs.append(ps)
-        expected.append(sum(v * p for v, p in zip(vs, ps, strict=True)))
+        logprobs = await backend.prompt_logprobs(prompt, top_k, include=[" " + k for k in labels] + labels)
+        vs, ps, ev = label_distribution(logprobs[-1].top, level, f"token {i}")
+        values.append(list(vs))
+        probs.append(list(ps))
+        expected.append(ev)
     return Simulation(
         tokens=list(tokens),
         expected_values=expected,

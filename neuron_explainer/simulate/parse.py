@@ -81,7 +81,6 @@ def read_label_distributions(prompt: AllAtOncePrompt, logprobs: Sequence[TokenLo
         SimulationParseError: no prompt token starts at a slot, or no label is among the top-k there.
     """
     by_offset = {t.offset: i for i, t in enumerate(logprobs)}
-    labels = {str(v): v for v in range(prompt.max_level + 1)}
     expected, values, probs = [], [], []
     for n, slot in enumerate(prompt.slots):
         idx = by_offset.get(slot)
@@ -94,20 +93,33 @@ def read_label_distributions(prompt: AllAtOncePrompt, logprobs: Sequence[TokenLo
             raise SimulationParseError(
                 f"prompt token at offset {slot} is {logprobs[idx].token!r}, expected the start of {UNKNOWN!r}"
             )
-        mass: dict[int, float] = {}
-        for tok, lp in logprobs[idx - 1].top:
-            v = labels.get(tok.strip())
-            if v is not None:
-                mass[v] = mass.get(v, 0.0) + math.exp(lp)
-        total = sum(mass.values())
-        if total <= 0:
-            raise SimulationParseError(
-                f"no activation label 0..{prompt.max_level} among the top-{len(logprobs[idx - 1].top)} "
-                f"predictions at excerpt token {n}; raise top_k"
-            )
-        vs = tuple(sorted(mass))
-        ps = tuple(mass[v] / total for v in vs)
+        vs, ps, ev = label_distribution(logprobs[idx - 1].top, prompt.max_level, f"excerpt token {n}")
         values.append(vs)
         probs.append(ps)
-        expected.append(sum(v * p for v, p in zip(vs, ps, strict=True)))
+        expected.append(ev)
     return LabelDistributions(tuple(expected), tuple(values), tuple(probs))
+
+
+def label_distribution(
+    top: Sequence[tuple[str, float]], max_level: int, where: str
+) -> tuple[tuple[int, ...], tuple[float, ...], float]:
+    """Labels 0..max_level found among top-k (text, logprob), renormalised over labels; and the mean.
+
+    Variants of one label (" 7", "7") add up.
+
+    Raises:
+        SimulationParseError: no label among the top-k.
+    """
+    mass: dict[int, float] = {}
+    for tok, lp in top:
+        text = tok.strip()
+        if text.isdigit() and int(text) <= max_level and str(int(text)) == text:
+            mass[int(text)] = mass.get(int(text), 0.0) + math.exp(lp)
+    total = sum(mass.values())
+    if total <= 0:
+        raise SimulationParseError(
+            f"no activation label 0..{max_level} among the top-{len(top)} predictions at {where}; raise top_k"
+        )
+    vs = tuple(sorted(mass))
+    ps = tuple(mass[v] / total for v in vs)
+    return vs, ps, sum(v * p for v, p in zip(vs, ps, strict=True))
