@@ -293,7 +293,7 @@ def simulate_cmd(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Simulate every explanation on its neuron's scoring excerpts, all at once (one pass per excerpt)."""
+    """Simulate every explanation on its neuron's scoring excerpts (--method: all_at_once by default)."""
     _setup_logging(False)
     try:
         cfg = _stage_config(
