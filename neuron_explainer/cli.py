@@ -249,7 +249,7 @@ def show(
 
 
 RunOpt = Annotated[str | None, typer.Option("--run", "--records", help="Run directory (a completed harvest).")]
-NeuronsOpt = Annotated[str | None, typer.Option(help="Neurons, e.g. 5:0-99 or 5:3,7:10-12.")]
+NeuronsOpt = Annotated[str | None, typer.Option(help="Neurons: 5:0-99, 5:3,7:10-12, layer:5, all, or sample:N.")]
 
 
 def _stage_config(

@@ -58,19 +58,20 @@ def do_explain(cfg: RunConfig, backends: Backends) -> None:
     """Run the explain stage for `cfg.neurons` and report."""
     import asyncio
 
-    from neuron_explainer.llm.registry import parse_neurons
     from neuron_explainer.pipeline import run_explain
     from neuron_explainer.prompts.templates import load_explainer_template
     from neuron_explainer.records.store import RunStore
+    from neuron_explainer.selection import SPEC_HELP, neurons_for_run
 
     if not cfg.neurons:
-        raise ConfigError("no neurons selected: pass --neurons LAYER:FROM-TO (or set `neurons` in the config)")
+        raise ConfigError(f"no neurons selected: pass --neurons ({SPEC_HELP}) or set `neurons` in the config")
     e = cfg.explain
     template = load_explainer_template(cfg.prompts_dir, e.prompt_version)
+    store = RunStore(cfg.out)
     report = asyncio.run(
         run_explain(
-            RunStore(cfg.out),
-            parse_neurons(cfg.neurons),
+            store,
+            neurons_for_run(cfg.neurons, store.require_harvest()),
             backends.get(e.explainer),
             template,
             n_samples=e.n_samples,
@@ -88,17 +89,18 @@ def do_simulate(cfg: RunConfig, backends: Backends) -> None:
     """Run the simulate stage over every explanation (of `cfg.neurons` if set) and report."""
     import asyncio
 
-    from neuron_explainer.llm.registry import parse_neurons
     from neuron_explainer.pipeline import run_simulate
     from neuron_explainer.prompts.templates import load_simulator_template
     from neuron_explainer.records.store import RunStore
+    from neuron_explainer.selection import neurons_for_run
 
     sim = cfg.simulate
     template = load_simulator_template(cfg.prompts_dir, sim.prompt_version)
-    only = set(parse_neurons(cfg.neurons)) if cfg.neurons else None
+    store = RunStore(cfg.out)
+    only = set(neurons_for_run(cfg.neurons, store.require_harvest())) if cfg.neurons else None
     report = asyncio.run(
         run_simulate(
-            RunStore(cfg.out),
+            store,
             backends.get(sim.simulator),
             template,
             method=sim.method,

@@ -148,7 +148,8 @@ class RunConfig(_Config):
     show_neurons: int = Field(default=3, ge=0)
     """How many neurons `run` prints after the harvest (their top excerpts)."""
     neurons: str | None = None
-    """Neurons to explain, simulate and score, e.g. `12:0-3,6:314` (None: harvest only)."""
+    """Neurons to explain, simulate and score: `12:0-3,6:314`, `layer:5`, `all` or `sample:N` (None: harvest
+    only). See neuron_explainer/selection.py."""
     explain: ExplainConfig = ExplainConfig()
     simulate: SimulateConfig = SimulateConfig()
     llm_device: str = "cpu"
