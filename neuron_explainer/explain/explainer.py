@@ -35,17 +35,50 @@ def _excerpt_block(excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> s
     return "\n\n".join(parts)
 
 
+HIGHLIGHT_MIN_LEVEL = 6
+"""`highlights` style: tokens at this 0-10 level or above are marked (each excerpt's strongest always is)."""
+HIGHLIGHTS_PER_EXCERPT = 3
+HIGHLIGHT_CONTEXT_TOKENS = 6
+HIGHLIGHT_CONTEXT_CHARS = 40
+
+
+def _highlight_block(excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    """One line per marked token: the few tokens before it, then the token in [[ ]]."""
+    lines = []
+    for tokens, levels in excerpts:
+        if not any(levels):
+            continue
+        strongest = max(range(len(levels)), key=lambda i: (levels[i], -i))
+        marked = sorted(i for i, v in enumerate(levels) if v >= HIGHLIGHT_MIN_LEVEL and i != strongest)
+        picks = sorted([strongest, *marked[: HIGHLIGHTS_PER_EXCERPT - 1]])
+        for i in picks:
+            context = "".join(tokens[max(0, i - HIGHLIGHT_CONTEXT_TOKENS) : i]).replace("\n", " ").strip()
+            context = context[-HIGHLIGHT_CONTEXT_CHARS:]
+            lines.append(f"...{context} [[{tokens[i].strip() or repr(tokens[i])}]]")
+    return "\n".join(f"{n}. {line}" for n, line in enumerate(lines, 1))
+
+
+def _evidence(template: ExplainerTemplate, excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    if template.style == "highlights":
+        return _highlight_block(excerpts)
+    return _excerpt_block(excerpts)
+
+
 def build_explainer_messages(template: ExplainerTemplate, records: Sequence[ActivationRecord]) -> list[Message]:
-    """System instructions, few-shot neurons as user/assistant turns, then the target neuron's excerpts."""
+    """System instructions, few-shot neurons as user/assistant turns, then the target neuron's evidence.
+
+    The evidence is laid out in the template's style: every token with its 0-10 level
+    (`token_activations`), or the strongest tokens marked in short contexts (`highlights`).
+    """
     messages = [Message("system", template.intro)]
+    numbered = template.style == "token_activations"
     for i, ex in enumerate(template.examples, start=1):
-        messages.append(
-            Message("user", f"Neuron {i}\n\n" + _excerpt_block([(e.tokens, e.levels) for e in ex.excerpts]))
-        )
-        messages.append(Message("assistant", f"{ANSWER_PREFIX} {ex.explanation}."))
+        evidence = _evidence(template, [(e.tokens, e.levels) for e in ex.excerpts])
+        messages.append(Message("user", f"Neuron {i}\n\n{evidence}" if numbered else evidence))
+        messages.append(Message("assistant", f"{template.answer_prefix} {ex.explanation}."))
     top = max_activation([r.activations for r in records])
-    target = [(r.tokens, normalize_activations(r.activations, top)) for r in records]
-    messages.append(Message("user", f"Neuron {len(template.examples) + 1}\n\n" + _excerpt_block(target)))
+    evidence = _evidence(template, [(r.tokens, normalize_activations(r.activations, top)) for r in records])
+    messages.append(Message("user", f"Neuron {len(template.examples) + 1}\n\n{evidence}" if numbered else evidence))
     return messages
 
 
@@ -55,10 +88,15 @@ _PREFIX = re.compile(
 
 
 _SCAFFOLD = ("<start>", "<end>", "non-zero tokens", "excerpt 1", "activations")
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9\])\"'])\.(?:\s|$)")
 
 
-def parse_explanation(text: str, few_shot: Sequence[str] = ()) -> str:
-    """Clean the explainer's answer down to the explanation phrase.
+def parse_explanation(
+    text: str, few_shot: Sequence[str] = (), *, answer_prefix: str = ANSWER_PREFIX, explanation_prefix: str = ""
+) -> str:
+    """Clean the explainer's answer down to the explanation phrase: its first line, up to the first full stop.
+
+    `answer_prefix` is removed if the model repeated it; `explanation_prefix` is put in front of the result.
 
     Raises:
         ExplanationParseError: nothing usable is left, the answer runs on far past one phrase, echoes the
@@ -67,7 +105,11 @@ def parse_explanation(text: str, few_shot: Sequence[str] = ()) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         raise ExplanationParseError("the explainer returned no text")
-    phrase = _PREFIX.sub("", lines[0]).strip().strip("\"'`*").strip()
+    first = lines[0]
+    if first.lower().startswith(answer_prefix.lower()):
+        first = first[len(answer_prefix) :]
+    first = _SENTENCE_END.split(first, maxsplit=1)[0]
+    phrase = _PREFIX.sub("", first).replace("[[", "").replace("]]", "").strip().strip("\"'`*").strip()
     phrase = phrase.rstrip(".").strip()
     if not phrase or not any(ch.isalpha() for ch in phrase):
         raise ExplanationParseError(f"no explanation in the explainer's output {text[:80]!r}")
@@ -78,7 +120,7 @@ def parse_explanation(text: str, few_shot: Sequence[str] = ()) -> str:
         raise ExplanationParseError(f"the output echoes the prompt instead of explaining: {phrase[:80]!r}")
     if any(low == ex.lower().rstrip(".") for ex in few_shot):
         raise ExplanationParseError(f"the output repeats a few-shot example's explanation: {phrase!r}")
-    return phrase
+    return f"{explanation_prefix} {phrase}" if explanation_prefix else phrase
 
 
 async def explain(
@@ -95,14 +137,22 @@ async def explain(
     require(backend, Capability.GENERATE, "explanation")
     messages = build_explainer_messages(template, records)
     if getattr(backend, "supports_prefill", False):
-        messages.append(Message("assistant", ANSWER_PREFIX))  # the model completes the sentence
+        messages.append(Message("assistant", template.answer_prefix))  # the model completes the sentence
     outputs = await backend.generate(
         messages, GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
     )
     results: list[str | Failure] = []
     for raw in outputs:
         try:
-            results.append(parse_explanation(raw, [ex.explanation for ex in template.examples]))
+            few_shot = [ex.explanation for ex in template.examples]
+            results.append(
+                parse_explanation(
+                    raw,
+                    few_shot,
+                    answer_prefix=template.answer_prefix,
+                    explanation_prefix=template.explanation_prefix,
+                )
+            )
         except ExplanationParseError as e:
             results.append(Failure(stage="explain", kind="parse", message=str(e), raw=raw))
     return results

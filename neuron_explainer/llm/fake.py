@@ -32,6 +32,8 @@ class FakeBackend:
     oracle: Oracle | None = None
     name: str = "fake"
     model: str = "fake-model"
+    supports_prefill: bool = False
+    """Pretend a trailing assistant message is continued (as the local back end does)."""
     calls: list[tuple[str, object]] = field(default_factory=list)
 
     @property

@@ -53,13 +53,37 @@ class FewShotExplanation:
     excerpts: tuple[FewShotExcerpt, ...]
 
 
+EXPLAINER_STYLES = ("token_activations", "highlights")
+
+
 @dataclass(frozen=True)
 class ExplainerTemplate:
-    """Explainer prompt: versioned instructions and few-shot neurons."""
+    """Explainer prompt: versioned instructions, few-shot neurons, and how the evidence is laid out.
+
+    `token_activations` (the paper's format) lists every token with its 0-10 activation. `highlights`
+    shows a short context before each excerpt's strongest token, marked [[like this]]: tiny local models
+    copy the few-shot answers of the long format, but can summarise a list of marked words.
+    """
 
     version: str
     intro: str
     examples: tuple[FewShotExplanation, ...]
+    style: str = "token_activations"
+    answer_prefix: str = "The main thing this neuron does is find"
+    """The model continues this sentence (prefilled where the back end supports it)."""
+    explanation_prefix: str = ""
+    """Prepended to the model's continuation to make the stored explanation a noun phrase."""
+
+
+def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
+    """Split an optional leading `---` YAML block (template settings) from the template text."""
+    if not text.startswith("---"):
+        return {}, text
+    _, meta, body = text.split("---", 2)
+    data = yaml.safe_load(meta) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the front matter must be a mapping")
+    return data, body.strip()
 
 
 def _read(path: Path) -> str:
@@ -98,11 +122,30 @@ def load_simulator_template(prompts_dir: str | None = None, version: str = "v1")
 
 @cache
 def load_explainer_template(prompts_dir: str | None = None, version: str = "v1") -> ExplainerTemplate:
-    """The explainer template `explainer/<version>.md` + `explainer/fewshot_<version>.yaml`."""
+    """The explainer template `explainer/<version>.md` (+ `explainer/fewshot_<version>.yaml` if present).
+
+    The .md file may open with a `---` YAML block setting `style`, `answer_prefix` and
+    `explanation_prefix` (see ExplainerTemplate).
+    """
     root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
+    md = root / "explainer" / f"{version}.md"
+    meta, intro = _front_matter(md, _read(md))
+    unknown = set(meta) - {"style", "answer_prefix", "explanation_prefix"}
+    if unknown:
+        raise ConfigError(f"{md}: unknown front-matter keys {sorted(unknown)}")
+    style = meta.get("style", "token_activations")
+    if style not in EXPLAINER_STYLES:
+        raise ConfigError(f"{md}: style must be one of {EXPLAINER_STYLES}, got {style!r}")
     fewshot = root / "explainer" / f"fewshot_{version}.yaml"
     examples = []
-    for ex in _yaml(fewshot):
+    for ex in _yaml(fewshot) if fewshot.exists() else []:
         excerpts = tuple(FewShotExcerpt(*_levels(fewshot, e["tokens"], e["levels"])) for e in ex["excerpts"])
         examples.append(FewShotExplanation(ex["explanation"], excerpts))
-    return ExplainerTemplate(f"explainer/{version}", _read(root / "explainer" / f"{version}.md"), tuple(examples))
+    return ExplainerTemplate(
+        f"explainer/{version}",
+        intro,
+        tuple(examples),
+        style=style,
+        answer_prefix=str(meta.get("answer_prefix", ExplainerTemplate.answer_prefix)),
+        explanation_prefix=str(meta.get("explanation_prefix", "")),
+    )

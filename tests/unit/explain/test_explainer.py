@@ -65,3 +65,42 @@ def test_copies_and_prompt_echoes_are_rejected() -> None:
         parse_explanation(" numbers that give a person's age.", ["numbers that give a person's age"])
     with pytest.raises(ExplanationParseError, match="echoes the prompt"):
         parse_explanation("The same activations, non-zero tokens only:")
+
+
+def test_golden_highlights_prompt(golden) -> None:
+    template = load_explainer_template(version="highlights_v1")
+    assert template.style == "highlights" and not template.examples
+    records = [
+        *RECORDS,
+        ActivationRecord(tokens=["x"] * 10 + [" water", " and", " rain"], activations=[0] * 10 + [3.0, 0.0, 2.6]),
+        ActivationRecord(tokens=["a", "b"], activations=[0.0, 0.0]),  # never fires: no line
+    ]
+    golden("explainer_highlights_v1", render(build_explainer_messages(template, records)))
+
+
+def test_highlights_answer_is_completed_prefixed_and_cut_at_the_sentence() -> None:
+    template = load_explainer_template(version="highlights_v1")
+    fake = FakeBackend(completions=(" related to rain and water. They also [[mention]] clouds",), supports_prefill=True)
+    (out,) = asyncio.run(explain(RECORDS, fake, template, n=1, seed=0))
+    assert out == "words related to rain and water"
+    ((_, (messages, _)),) = fake.calls
+    assert messages[-1].role == "assistant" and messages[-1].content == "These words are all"
+    # a chat model that repeats the sentence start instead of continuing it
+    assert (
+        parse_explanation(
+            "These words are all [[weather]] terms.", answer_prefix="These words are all", explanation_prefix="words"
+        )
+        == "words weather terms"
+    )
+
+
+def test_template_front_matter_is_checked(tmp_path) -> None:
+    from neuron_explainer.errors import ConfigError
+
+    (tmp_path / "explainer").mkdir()
+    (tmp_path / "explainer" / "x.md").write_text("---\nstyle: poems\n---\nhi")
+    with pytest.raises(ConfigError, match="style must be one of"):
+        load_explainer_template(str(tmp_path), "x")
+    (tmp_path / "explainer" / "y.md").write_text("---\ncolour: red\n---\nhi")
+    with pytest.raises(ConfigError, match="unknown front-matter"):
+        load_explainer_template(str(tmp_path), "y")
