@@ -1,7 +1,9 @@
 """OpenAI-compatible HTTP back end (OpenAI, vLLM, llama.cpp server, ...) through the `openai` package.
 
 Transport only, plus pure `build_*` / `parse_*` helpers that tests exercise without a network. Chat
-completions serve `generate`; legacy completions with `echo` + `logprobs` serve `prompt_logprobs`.
+completions serve `generate`; legacy completions with `echo` + `logprobs` serve `prompt_logprobs`, and
+against vLLM (`logprobs_api="vllm"`) its `prompt_logprobs` extension supplies the distributions, keyed by
+token id, so two tokens that decode to the same text cannot merge.
 Retries are classified: 408/409/429/5xx, timeouts and connection errors back off with jitter; other
 4xx (a bad API key above all) fail at once with a clear message. The API key is read from an environment
 variable when the back end is built, and is never logged or stored.
@@ -42,6 +44,64 @@ def build_chat_payload(model: str, messages: Sequence[Message], params: Generate
 def build_echo_payload(model: str, prompt: str, top_k: int) -> dict[str, Any]:
     """Body of a /completions request that echoes the prompt with its top-k logprobs."""
     return {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": top_k}
+
+
+def build_vllm_payload(model: str, prompt: str, top_k: int) -> dict[str, Any]:
+    """Echo (for the tokens and their text offsets) plus vLLM's `prompt_logprobs` (for the distributions)."""
+    body = build_echo_payload(model, prompt, 1)
+    body["extra_body"] = {"prompt_logprobs": top_k}
+    return body
+
+
+def parse_vllm_prompt_logprobs(
+    prompt: str, echo: dict[str, Any], prompt_logprobs: list[dict[str, Any] | None] | None
+) -> list[TokenLogprobs]:
+    """Per-token next-token predictions from vLLM's `prompt_logprobs`.
+
+    `prompt_logprobs[i]` maps token ids to `{"logprob", "rank", "decoded_token"}`: the distribution that
+    produced prompt token i (None for the first), holding the top k plus token i itself. The echo's
+    `tokens` and `text_offset` give the token texts. The two lists are matched by checking that each echoed
+    token appears in the distribution at its index; a list one longer (a BOS token the echo omits) is
+    matched with an offset of one.
+
+    Raises:
+        BackendError: the response lacks the fields, or the two lists cannot be matched.
+    """
+    try:
+        tokens: list[str] = echo["tokens"]
+        offsets: list[int] = echo["text_offset"]
+    except (KeyError, TypeError) as e:
+        raise BackendError(f"the server's echoed logprobs lack {e}") from None
+    if not prompt_logprobs:
+        raise BackendError("the server returned no prompt_logprobs: is it vLLM, with prompt logprobs enabled?")
+    n = sum(1 for off in offsets if off < len(prompt))
+    for lead in (0, 1):
+        if len(prompt_logprobs) - lead < n:
+            continue
+        dists = prompt_logprobs[lead : lead + n]
+        fits = all(
+            d is not None and any(e.get("decoded_token") == tokens[i] for e in d.values())
+            for i, d in enumerate(dists)
+            if i > 0 or lead
+        )
+        if fits:
+            break
+    else:
+        raise BackendError(
+            f"cannot match vLLM's prompt_logprobs ({len(prompt_logprobs)} positions) with the echoed tokens "
+            f"({n} in the prompt): refusing to guess"
+        )
+    out = []
+    for i in range(n):
+        nxt = prompt_logprobs[lead + i + 1] if lead + i + 1 < len(prompt_logprobs) else None
+        top: dict[str, float] = {}
+        for entry in (nxt or {}).values():  # the top k, plus the actual next token (a true logprob too)
+            text = entry.get("decoded_token")
+            if text is not None and entry["logprob"] > top.get(text, float("-inf")):
+                top[text] = float(entry["logprob"])
+        ordered = tuple(sorted(top.items(), key=lambda kv: -kv[1]))
+        out.append(TokenLogprobs(tokens[i], int(offsets[i]), ordered))
+    return out
 
 
 def parse_echo_logprobs(prompt: str, logprobs: dict[str, Any]) -> list[TokenLogprobs]:
@@ -119,8 +179,6 @@ def is_retryable(exc: BaseException) -> bool:
 class OpenAICompatBackend:
     """A model behind an OpenAI-compatible HTTP API."""
 
-    name = "openai"
-
     def __init__(
         self,
         model: str,
@@ -132,10 +190,15 @@ class OpenAICompatBackend:
         max_attempts: int = 6,
         max_wait: float = 30.0,
         prompt_logprobs: bool = True,
+        logprobs_api: str = "echo",
         http_client: Any = None,
     ) -> None:
         import openai
 
+        if logprobs_api not in ("echo", "vllm"):
+            raise ValueError(f"logprobs_api must be 'echo' or 'vllm', got {logprobs_api!r}")
+        self.logprobs_api = logprobs_api
+        self.name = "vllm" if logprobs_api == "vllm" else "openai"
         self.model = model
         self.base_url = base_url
         self.capabilities = frozenset(
@@ -188,12 +251,18 @@ class OpenAICompatBackend:
         return [c.message.content or "" for c in resp.choices]
 
     async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
-        """Echoed prompt logprobs from /completions (`include` is not supported over HTTP and ignored)."""
-        resp = await self._call(self._client.completions.create, **build_echo_payload(self.model, prompt, top_k))
-        lp = resp.choices[0].logprobs
+        """Prompt logprobs from /completions: echo, or vLLM's prompt_logprobs (`include` is ignored over HTTP)."""
+        build = build_vllm_payload if self.logprobs_api == "vllm" else build_echo_payload
+        resp = await self._call(self._client.completions.create, **build(self.model, prompt, top_k))
+        choice = resp.choices[0]
+        lp = choice.logprobs
         if lp is None:
             raise BackendError(f"{self.base_url} returned no logprobs for an echo request")
-        return parse_echo_logprobs(prompt, lp.model_dump() if hasattr(lp, "model_dump") else dict(lp))
+        echo = lp.model_dump() if hasattr(lp, "model_dump") else dict(lp)
+        if self.logprobs_api == "vllm":
+            extra = getattr(choice, "model_extra", None) or {}
+            return parse_vllm_prompt_logprobs(prompt, echo, extra.get("prompt_logprobs"))
+        return parse_echo_logprobs(prompt, echo)
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

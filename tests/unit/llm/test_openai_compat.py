@@ -125,3 +125,62 @@ def test_client_errors_fail_fast(status: int, match: str) -> None:
     with pytest.raises(BackendError, match=match):
         asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
     assert len(seen) == 1
+
+
+def vllm_completion(prompt: str, bos: bool) -> dict:
+    """A vLLM /completions body for echo + logprobs=1 + prompt_logprobs=2, in vLLM's documented layout:
+    prompt_logprobs[i] maps token-id strings to {logprob, rank, decoded_token} for the distribution that
+    produced prompt token i (None first), top k plus token i itself."""
+    toks = fake_tokenize(prompt)
+    tokens = [t for t, _ in toks]
+    ids = (["1"] if bos else []) + [str(100 + i) for i in range(len(tokens))]
+    texts = (["<s>"] if bos else []) + tokens
+    plp: list = [None]
+    for i in range(1, len(ids)):
+        # rank 1: the actual token; rank 2: "other"; a different id that decodes to the same "other" text
+        plp.append(
+            {
+                ids[i]: {"logprob": -0.5, "rank": 1, "decoded_token": texts[i]},
+                "7": {"logprob": -2.0, "rank": 2, "decoded_token": "other"},
+                "8": {"logprob": -3.0, "rank": 3, "decoded_token": "other"},
+            }
+        )
+    echo = {
+        "tokens": tokens + ["X"],
+        "text_offset": [o for _, o in toks] + [len(prompt)],
+        "token_logprobs": [None] + [-0.5] * len(tokens),
+        "top_logprobs": [None] + [{"zzz": -0.1}] * len(tokens),  # ignored in vllm mode
+    }
+    return {
+        "id": "c",
+        "object": "text_completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "text": "X", "finish_reason": "length", "logprobs": echo, "prompt_logprobs": plp}],
+    }
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_vllm_prompt_logprobs(bos: bool) -> None:
+    prompt = "a\tb\nc\td"
+    backend, seen = backend_with([(200, vllm_completion(prompt, bos))], logprobs_api="vllm")
+    out = asyncio.run(backend.prompt_logprobs(prompt, 2))
+    assert seen[0]["prompt_logprobs"] == 2 and seen[0]["echo"] is True
+    assert [(t.token, t.offset) for t in out] == fake_tokenize(prompt)
+    for i, t in enumerate(out[:-1]):
+        assert t.top == ((out[i + 1].token, -0.5), ("other", -2.0))  # same-text ids keep the larger logprob
+    assert out[-1].top == ()
+
+
+def test_vllm_mismatch_and_missing_prompt_logprobs_are_refused() -> None:
+    prompt = "a\tb\nc\td"
+    body = vllm_completion(prompt, bos=False)
+    for d in body["choices"][0]["prompt_logprobs"][1:]:
+        d[next(iter(d))]["decoded_token"] = "zzz"
+    backend, _ = backend_with([(200, body)], logprobs_api="vllm")
+    with pytest.raises(BackendError, match="cannot match"):
+        asyncio.run(backend.prompt_logprobs(prompt, 2))
+    del body["choices"][0]["prompt_logprobs"]
+    backend, _ = backend_with([(200, body)], logprobs_api="vllm")
+    with pytest.raises(BackendError, match="no prompt_logprobs"):
+        asyncio.run(backend.prompt_logprobs(prompt, 2))
