@@ -1,0 +1,200 @@
+"""Ablation scoring: replace one neuron's activation and measure how far the next-token predictions move.
+
+For a neuron n and an excerpt x, AvgJSD(v) is the Jensen-Shannon divergence (natural log) between the
+subject model's next-token distributions with n's activation replaced by the values v and the clean
+distributions, averaged over x's tokens. The score of a simulation s is
+
+    1 - E_x[AvgJSD(s(x))] / E_x[AvgJSD(mean)]
+
+where `mean` replaces n by its mean activation over the corpus: 1 is a perfect simulation, 0 no better
+than the mean (METHOD.md §5). The replacement happens at the hook point harvest reads (the input of
+the MLP's output projection), so the replaced quantity is exactly the harvested activation.
+
+Cost: one clean forward per excerpt batch, shared by every neuron of every layer scored on it, then one
+forward row per (neuron, excerpt, replacement): 2 per neuron and excerpt (simulation and mean). Rows of
+different neurons of one layer share a batch. The hook is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuron_explainer.activations.sources import ActivationSource
+
+
+def jsd(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats) between distributions given as log-probabilities on the last axis."""
+    logm = torch.logaddexp(logp, logq) - torch.log(torch.tensor(2.0, dtype=logp.dtype, device=logp.device))
+    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
+    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+
+
+@contextmanager
+def replaced_neurons(
+    source: ActivationSource, layer: int, neurons: torch.Tensor, values: torch.Tensor
+) -> Iterator[None]:
+    """Within the block, batch row r of `layer`'s activations has neuron `neurons[r]` set to `values[r]`.
+
+    `neurons` is (R,) long, `values` is (R, T) for the last T positions (earlier positions, such as a
+    prepended BOS token, keep their activations). The pre-hook is removed on exit, even after an exception.
+    """
+
+    def pre_hook(_module: nn.Module, args: tuple) -> tuple:
+        acts = args[0].clone()
+        n_rows, length = acts.shape[0], acts.shape[1]
+        if values.shape[0] != n_rows or values.shape[1] > length:
+            raise ValueError(f"replacement values {tuple(values.shape)} do not fit activations {tuple(acts.shape)}")
+        rows = torch.arange(n_rows, device=acts.device)[:, None]
+        positions = torch.arange(length - values.shape[1], length, device=acts.device)[None, :]
+        acts[rows, positions, neurons.to(acts.device)[:, None]] = values.to(acts.device, acts.dtype)
+        return (acts, *args[1:])
+
+    handle = source.mlp_out(layer).register_forward_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@dataclass
+class AblationCounts:
+    """Forward passes run (in excerpt rows)."""
+
+    clean_rows: int = 0
+    ablated_rows: int = 0
+
+
+class Ablator:
+    """Runs clean and neuron-replaced forwards of one subject model and returns per-token JSDs."""
+
+    def __init__(self, model: nn.Module, source: ActivationSource, *, batch_rows: int = 16) -> None:
+        self.model = model
+        self.source = source
+        self.batch_rows = batch_rows
+        """Excerpt rows per ablated forward (several neurons' rows share one forward)."""
+        self.counts = AblationCounts()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives."""
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def clean_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token log-probabilities (B, T, V) of the unmodified model, float32."""
+        out = self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
+        self.counts.clean_rows += int(input_ids.shape[0])
+        return torch.log_softmax(_at_least_float32(out), dim=-1)
+
+    @torch.no_grad()
+    def replaced_jsd(
+        self,
+        input_ids: torch.Tensor,
+        clean: torch.Tensor,
+        layer: int,
+        rows: Sequence[tuple[int, int, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Per-token JSD (len(rows), T') for rows (excerpt index into input_ids, neuron, values (T',)).
+
+        The values replace the last T' positions, and the JSD is taken there. `clean` is
+        `clean_logprobs(input_ids)`. Rows are run in batches of `batch_rows`.
+        """
+        out = []
+        for start in range(0, len(rows), self.batch_rows):
+            chunk = rows[start : start + self.batch_rows]
+            idx = torch.tensor([r[0] for r in chunk], dtype=torch.long)
+            neurons = torch.tensor([r[1] for r in chunk], dtype=torch.long)
+            values = torch.stack([torch.as_tensor(r[2], dtype=torch.float64) for r in chunk])
+            with replaced_neurons(self.source, layer, neurons, values):
+                logits = self.model(input_ids=input_ids[idx].to(self.device), use_cache=False).logits
+            self.counts.ablated_rows += len(chunk)
+            n = values.shape[1]
+            ablated = torch.log_softmax(_at_least_float32(logits[:, -n:]), dim=-1)
+            out.append(jsd(ablated, clean[idx.to(clean.device), -n:]).cpu())
+        return torch.cat(out) if out else torch.zeros(0, input_ids.shape[1], dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class AblationScore:
+    """Ablation score of one simulation of one neuron, with the quantities it is made of."""
+
+    score: float | None
+    """1 - E[AvgJSD(sim)] / E[AvgJSD(mean)]; None when the mean ablation changes nothing (see reason)."""
+    jsd_simulation: float
+    """E over excerpts of AvgJSD with the neuron replaced by its calibrated simulation."""
+    jsd_mean: float
+    """E over excerpts of AvgJSD with the neuron replaced by its mean activation."""
+    per_excerpt_simulation: tuple[float, ...]
+    per_excerpt_mean: tuple[float, ...]
+    undefined_reason: str | None = None
+
+
+def ablation_score(per_excerpt_sim: Sequence[float], per_excerpt_mean: Sequence[float]) -> AblationScore:
+    """Combine per-excerpt AvgJSDs into the normalised score."""
+    sim = float(sum(per_excerpt_sim) / len(per_excerpt_sim)) if per_excerpt_sim else 0.0
+    mean = float(sum(per_excerpt_mean) / len(per_excerpt_mean)) if per_excerpt_mean else 0.0
+    if mean <= 0.0:
+        reason = "no excerpts" if not per_excerpt_mean else "mean ablation does not change the output"
+        return AblationScore(None, sim, mean, tuple(per_excerpt_sim), tuple(per_excerpt_mean), reason)
+    return AblationScore(1.0 - sim / mean, sim, mean, tuple(per_excerpt_sim), tuple(per_excerpt_mean))
+
+
+@dataclass(frozen=True)
+class NeuronAblation:
+    """What to ablate for one neuron: its mean and its calibrated simulation on some of the excerpts."""
+
+    neuron: int
+    mean: float
+    """Mean activation over the corpus (the baseline replacement)."""
+    excerpts: Sequence[int]
+    """Row indices into the shared input_ids."""
+    simulations: Sequence[Sequence[float]]
+    """Calibrated simulation for each of those excerpts (each covers the excerpt's last T positions)."""
+
+
+def score_ablations(
+    ablator: Ablator, input_ids: torch.Tensor, layer: int, neurons: Sequence[NeuronAblation]
+) -> list[AblationScore]:
+    """Ablation scores of several neurons of one layer, sharing one clean forward of `input_ids`.
+
+    Args:
+        ablator: runs the forwards.
+        input_ids: (U, L) every excerpt any of the neurons is scored on, with any prefix (a BOS token)
+            the harvest prepended.
+        layer: the neurons' layer.
+        neurons: one entry per neuron (the same neuron may appear twice, e.g. with two simulations).
+    """
+    clean = ablator.clean_logprobs(input_ids)
+    rows: list[tuple[int, int, torch.Tensor]] = []
+    for item in neurons:
+        if len(item.excerpts) != len(item.simulations):
+            raise ValueError(
+                f"neuron {item.neuron}: {len(item.excerpts)} excerpts but {len(item.simulations)} simulations"
+            )
+        for x, sim in zip(item.excerpts, item.simulations, strict=True):
+            values = torch.as_tensor(sim, dtype=torch.float64)
+            rows.append((x, item.neuron, values))
+            rows.append((x, item.neuron, torch.full_like(values, float(item.mean))))
+    # rows differ in length only if excerpts do; run each length separately
+    avg: list[float] = [0.0] * len(rows)
+    for length in sorted({len(r[2]) for r in rows}):
+        picked = [i for i, r in enumerate(rows) if len(r[2]) == length]
+        jsds = ablator.replaced_jsd(input_ids, clean, layer, [rows[i] for i in picked]).double().mean(dim=1)
+        for i, v in zip(picked, jsds.tolist(), strict=True):
+            avg[i] = v
+    scores, k = [], 0
+    for item in neurons:
+        block = avg[k : k + 2 * len(item.excerpts)]
+        k += 2 * len(item.excerpts)
+        scores.append(ablation_score(block[0::2], block[1::2]))
+    return scores
