@@ -11,7 +11,16 @@ import typer
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from neuron_explainer.cli_stages import Backends, console, do_explain, do_score, do_simulate, out
+from neuron_explainer.cli_stages import (
+    Backends,
+    console,
+    do_ablate,
+    do_explain,
+    do_score,
+    do_simulate,
+    out,
+    print_scores,
+)
 from neuron_explainer.config import RunConfig, load_config
 from neuron_explainer.errors import ConfigError, NeuronExplainerError
 
@@ -309,7 +318,27 @@ def score_cmd(run_dir: RunOpt = None, config: ConfigOpt = None, overrides: SetOp
     """Score simulations (pooled correlation: top-and-random and random-only) and print the table."""
     _setup_logging(False)
     try:
-        do_score(_stage_config(config, overrides, run_dir, None, {}))
+        cfg = _stage_config(config, overrides, run_dir, None, {})
+        do_score(cfg)
+        print_scores(cfg)
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command("ablate")
+def ablate_cmd(
+    run_dir: RunOpt = None,
+    neurons: NeuronsOpt = None,
+    device: Annotated[str | None, typer.Option(help="Device of the subject model (cpu, cuda).")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Ablation-score calibrated simulations: replace the neuron by its simulation vs by its mean (resumable)."""
+    _setup_logging(False)
+    try:
+        cfg = _stage_config(config, overrides, run_dir, neurons, {"ablate.device": device})
+        do_ablate(cfg)
+        print_scores(cfg)
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -338,6 +367,9 @@ def run(
             do_explain(cfg, backends)
             do_simulate(cfg, backends)
             do_score(cfg)
+            if cfg.ablate.enabled:
+                do_ablate(cfg)
+            print_scores(cfg)
     except NeuronExplainerError as e:
         _fail(e)
 

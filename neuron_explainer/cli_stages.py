@@ -107,6 +107,7 @@ def do_simulate(cfg: RunConfig, backends: Backends) -> None:
             max_level=sim.max_level,
             top_k=sim.top_k,
             neurons=only,
+            calibrate=sim.calibrate,
             max_concurrent=cfg.max_concurrent,
             progress=_stage_progress,
         )
@@ -114,23 +115,76 @@ def do_simulate(cfg: RunConfig, backends: Backends) -> None:
     _report(report)
 
 
-def do_score(cfg: RunConfig) -> None:
-    """Score what is simulated and print the table."""
-    from rich.table import Table
-
-    from neuron_explainer.pipeline import run_score, score_summary
+def do_ablate(cfg: RunConfig) -> None:
+    """Ablation-score every calibrated simulation (of `cfg.neurons` if set) with the harvested subject model."""
+    from neuron_explainer.ablate_stage import run_ablate
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
     from neuron_explainer.records.store import RunStore
+    from neuron_explainer.selection import neurons_for_run
 
     store = RunStore(cfg.out)
-    _report(run_score(store))
-    summary = score_summary(store)
-    table = Table(title=f"explanation scores in {cfg.out} (pooled correlation, valid split)")
-    for col in ("neuron", "explanation", "top-and-random", "random-only"):
+    manifest = store.require_harvest()
+    harvest = manifest["harvest"]["config"]
+    only = set(neurons_for_run(cfg.neurons, manifest)) if cfg.neurons else None
+    console.print(f"loading subject model {harvest['model']} for ablation ...")
+    subject = load_subject_model(
+        harvest["model"],
+        revision=harvest.get("model_revision"),
+        dtype=harvest.get("dtype", "float32"),
+        device=cfg.ablate.device,
+    )
+    report = run_ablate(
+        store,
+        subject.model,
+        ActivationSource(subject.model, subject.hook_point),
+        bos_token_id=getattr(subject.tokenizer, "bos_token_id", None),
+        neurons=only,
+        batch_rows=cfg.ablate.batch_rows,
+        max_excerpts=cfg.ablate.max_excerpts,
+        progress=_stage_progress,
+    )
+    _report(report)
+    d = report.details
+    if d.get("units"):
+        console.print(
+            f"ablate: {d['clean_excerpt_forwards'] / d['units']:.1f} clean + "
+            f"{d['replaced_excerpt_forwards'] / d['units']:.1f} replaced excerpt forwards per explanation",
+            highlight=False,
+        )
+
+
+def do_score(cfg: RunConfig) -> None:
+    """Correlation-score what is simulated and not yet scored."""
+    from neuron_explainer.pipeline import run_score
+    from neuron_explainer.records.store import RunStore
+
+    _report(run_score(RunStore(cfg.out)))
+
+
+def print_scores(cfg: RunConfig) -> None:
+    """The score table: correlation scores, plus ablation scores where any exist."""
+    from rich.table import Table
+
+    from neuron_explainer.pipeline import score_summary
+    from neuron_explainer.records.store import RunStore
+
+    summary = score_summary(RunStore(cfg.out))
+    ablation = summary[["ablation_top_and_random", "ablation_random_only"]].notna().any().any()
+    table = Table(
+        title=f"explanation scores in {cfg.out} (valid split; correlation" + (", ablation)" if ablation else ")")
+    )
+    cols = ["neuron", "explanation", "top-and-random", "random-only"]
+    cols += ["ablation top-and-random", "ablation random-only"] if ablation else []
+    for col in cols:
         table.add_column(col, justify="right" if "random" in col else "left")
 
     def fmt(v: float) -> str:
         return "undefined" if v != v else f"{v:.3f}"
 
     for row in summary.itertuples():
-        table.add_row(f"{row.layer}:{row.neuron}", row.explanation, fmt(row.top_and_random), fmt(row.random_only))
+        cells = [f"{row.layer}:{row.neuron}", row.explanation, fmt(row.top_and_random), fmt(row.random_only)]
+        if ablation:
+            cells += [fmt(row.ablation_top_and_random), fmt(row.ablation_random_only)]
+        table.add_row(*cells)
     out.print(table)

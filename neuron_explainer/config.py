@@ -137,6 +137,21 @@ class SimulateConfig(_Config):
     top_k: int = Field(default=20, ge=1)
     """Top next-token logprobs read at each slot."""
     prompt_version: str = "v1"
+    calibrate: bool = True
+    """Also simulate the calibration split and fit the linear map to activations (needed by ablation)."""
+
+
+class AblateConfig(_Config):
+    """Ablation scoring settings (the subject model runs in process)."""
+
+    enabled: bool = False
+    """Whether `run` scores by ablation after correlation scoring."""
+    batch_rows: int = Field(default=16, ge=1)
+    """Excerpt rows per replaced forward. Non-semantic."""
+    max_excerpts: int = Field(default=32, ge=1)
+    """Distinct excerpts per clean forward; bounds memory (excerpts x tokens x vocabulary). Non-semantic."""
+    device: str = "cpu"
+    """Device of the subject model. Non-semantic."""
 
 
 class RunConfig(_Config):
@@ -152,6 +167,7 @@ class RunConfig(_Config):
     only). See neuron_explainer/selection.py."""
     explain: ExplainConfig = ExplainConfig()
     simulate: SimulateConfig = SimulateConfig()
+    ablate: AblateConfig = AblateConfig()
     llm_device: str = "cpu"
     """Device of local explainer/simulator models. Non-semantic."""
     max_concurrent: int = Field(default=4, ge=1)

@@ -27,9 +27,10 @@ from neuron_explainer.explain.explainer import explain
 from neuron_explainer.llm.base import Capability, LLMBackend, require
 from neuron_explainer.prompts.templates import ExplainerTemplate, SimulatorTemplate
 from neuron_explainer.records.reader import load_neuron_record
-from neuron_explainer.records.schema import EXPLANATIONS, FAILURES, SCORES, SIMULATIONS
+from neuron_explainer.records.schema import ABLATION_SCORES, EXPLANATIONS, FAILURES, SCORES, SIMULATIONS
 from neuron_explainer.records.splits import random_split, top_split
 from neuron_explainer.records.store import RunStore, write_table_atomic
+from neuron_explainer.scoring.calibration import CalibrationError, fit_calibration
 from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import NEEDS, simulate
@@ -83,6 +84,8 @@ class StageReport:
     completed: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    """Stage-specific counts (e.g. forward passes of the ablate stage)."""
 
 
 async def _run_units(
@@ -198,11 +201,26 @@ async def run_explain(
     return report
 
 
-def scoring_records(record: NeuronRecord) -> list[tuple[str, ActivationRecord]]:
-    """The valid-split records a score uses: 5 top and 5 random."""
-    top = top_split(record.most_positive_activation_records, "valid")[:N_SCORE_TOP]
-    rnd = random_split(record.random_sample, "valid")[:N_SCORE_RANDOM]
+def scoring_records(record: NeuronRecord, split: str = "valid") -> list[tuple[str, ActivationRecord]]:
+    """The records of one split that are simulated: 5 top and 5 random (valid: scored; calibration: fitted)."""
+    top = top_split(record.most_positive_activation_records, split)[:N_SCORE_TOP]
+    rnd = random_split(record.random_sample, split)[:N_SCORE_RANDOM]
     return [("top", r) for r in top] + [("random", r) for r in rnd]
+
+
+def _calibration_columns(
+    calibrate: bool, records: list[tuple[str, str, ActivationRecord]], sims: list[list[float]]
+) -> dict[str, Any]:
+    if not calibrate:
+        return {"calibration_slope": None, "calibration_intercept": None, "calibration_error": None}
+    pairs = [
+        (rec.activations, sim) for (split, _, rec), sim in zip(records, sims, strict=True) if split == "calibration"
+    ]
+    try:
+        cal = fit_calibration([a for a, _ in pairs], [s for _, s in pairs])
+    except CalibrationError as e:
+        return {"calibration_slope": None, "calibration_intercept": None, "calibration_error": str(e)}
+    return {"calibration_slope": cal.slope, "calibration_intercept": cal.intercept, "calibration_error": None}
 
 
 async def run_simulate(
@@ -215,9 +233,13 @@ async def run_simulate(
     top_k: int = 20,
     max_concurrent: int = 1,
     neurons: set[tuple[int, int]] | None = None,
+    calibrate: bool = True,
     progress: ProgressFn | None = None,
 ) -> StageReport:
-    """Simulate every explanation on its neuron's scoring records; skips explanations already simulated."""
+    """Simulate every explanation on its neuron's scoring (valid) records; skips those already simulated.
+
+    With `calibrate`, also simulate the calibration records and fit the linear calibration ablation needs.
+    """
     if method not in NEEDS:
         raise ConfigError(f"unknown simulation method {method!r}; choose one of {', '.join(NEEDS)}")
     require(backend, NEEDS[method], f"{method.replace('_', '-')} simulation")
@@ -238,16 +260,22 @@ async def run_simulate(
     async def work(unit: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         layer, neuron, eid = int(unit["layer"]), int(unit["neuron"]), unit["explanation_id"]
         rows = []
+        record = load_neuron_record(store.root, layer, neuron)
+        splits = ("valid", "calibration") if calibrate else ("valid",)
+        todo = [(split, kind, rec) for split in splits for kind, rec in scoring_records(record, split)]
         try:
-            for kind, rec in scoring_records(load_neuron_record(store.root, layer, neuron)):
+            sims = []
+            for split, kind, rec in todo:
                 sim = await simulate(
                     method, unit["explanation"], rec.tokens, backend, template, max_level=max_level, top_k=top_k
                 )
+                sims.append(list(sim.expected_values))
                 rows.append(
                     {
                         "layer": layer,
                         "neuron": neuron,
                         "explanation_id": eid,
+                        "split": split,
                         "record_kind": kind,
                         "excerpt_id": rec.excerpt_id,
                         "expected_values": sim.expected_values,
@@ -256,6 +284,8 @@ async def run_simulate(
                         "prompt_version": sim.prompt_version,
                     }
                 )
+            cal = _calibration_columns(calibrate, todo, sims)
+            rows = [{**row, **cal} for row in rows]
         except SimulationParseError as e:  # the whole unit fails: a partial simulation set is never scored
             return [], [
                 _failure_row("simulate", layer, neuron, eid, Failure(stage="simulate", kind="parse", message=str(e)))
@@ -278,6 +308,7 @@ def run_score(store: RunStore, *, progress: ProgressFn | None = None) -> StageRe
     """Correlation scores (top-and-random, random-only) of every simulated explanation not yet scored."""
     store.require_harvest()
     sims = read_table(store, "simulations", SIMULATIONS)
+    sims = sims[sims.split == "valid"]
     done = read_table(store, "scores", SCORES)
     done_keys = set(zip(done.explanation_id, done.simulator, strict=True))
     groups = [(key, g) for key, g in sims.groupby(["explanation_id", "simulator"]) if key not in done_keys]
@@ -316,17 +347,27 @@ def run_score(store: RunStore, *, progress: ProgressFn | None = None) -> StageRe
 
 
 def score_summary(store: RunStore) -> pd.DataFrame:
-    """One row per scored explanation: layer, neuron, explanation, top_and_random, random_only."""
+    """One row per scored explanation and simulator, with its correlation and ablation scores.
+
+    Columns: layer, neuron, explanation, top_and_random, random_only, ablation_top_and_random,
+    ablation_random_only (NaN where undefined or not ablated).
+    """
+    columns = ["layer", "neuron", "explanation", *SCORERS, *(f"ablation_{k}" for k in SCORERS)]
     scores = read_table(store, "scores", SCORES)
     expl = read_table(store, "explanations", EXPLANATIONS)[["explanation_id", "explanation"]]
     if scores.empty:
-        return pd.DataFrame(columns=["layer", "neuron", "explanation", "top_and_random", "random_only"])
+        return pd.DataFrame(columns=columns)
     # one row per explanation and simulator; undefined scores stay NaN (pivot keeps them, pivot_table would not)
     wide = scores.pivot(
         index=["layer", "neuron", "explanation_id", "simulator"], columns="scorer", values="correlation"
     ).reset_index()
     table = wide.merge(expl.drop_duplicates("explanation_id"), on="explanation_id", how="left")
-    for col in SCORERS:
+    ablation = read_table(store, "ablation_scores", ABLATION_SCORES)
+    if not ablation.empty:
+        wide_ab = ablation.pivot(index=["explanation_id", "simulator"], columns="scorer", values="score")
+        wide_ab = wide_ab.rename(columns=lambda c: f"ablation_{c}").reset_index()
+        table = table.merge(wide_ab, on=["explanation_id", "simulator"], how="left")
+    for col in columns:
         if col not in table:
             table[col] = float("nan")
-    return table[["layer", "neuron", "explanation", "top_and_random", "random_only"]].sort_values(["layer", "neuron"])
+    return table[columns].sort_values(["layer", "neuron"])

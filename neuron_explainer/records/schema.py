@@ -83,15 +83,41 @@ SIMULATIONS = pa.schema(
         pa.field("layer", pa.int16(), nullable=False),
         pa.field("neuron", pa.int32(), nullable=False),
         pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
         pa.field("record_kind", pa.string(), nullable=False),
         pa.field("excerpt_id", pa.int32(), nullable=False),
         pa.field("expected_values", pa.list_(pa.float32()), nullable=False),
         pa.field("max_level", pa.int8(), nullable=False),
         pa.field("simulator", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("calibration_slope", pa.float64(), nullable=True),
+        pa.field("calibration_intercept", pa.float64(), nullable=True),
+        pa.field("calibration_error", pa.string(), nullable=True),
     ]
 )
-"""One row per (explanation, scored excerpt); expected values in simulated units 0..max_level."""
+"""One row per (explanation, simulated excerpt); expected values in simulated units 0..max_level (uncalibrated).
+
+`split` is `valid` (scored) or `calibration`. The calibration columns repeat on every row of an
+explanation: activation ≈ slope * expected value + intercept, fitted on its calibration rows; null
+with `calibration_error` set when the fit is impossible, null without it when calibration was off."""
+
+ABLATION_SCORES = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("simulator", pa.string(), nullable=False),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=True),
+        pa.field("jsd_simulation", pa.float64(), nullable=False),
+        pa.field("jsd_mean", pa.float64(), nullable=False),
+        pa.field("undefined_reason", pa.string(), nullable=True),
+        pa.field("per_excerpt_simulation", pa.list_(pa.float64()), nullable=False),
+        pa.field("per_excerpt_mean", pa.list_(pa.float64()), nullable=False),
+        pa.field("n_excerpts", pa.int32(), nullable=False),
+    ]
+)
+"""One row per (explanation, simulator, scorer); score = 1 - jsd_simulation / jsd_mean (null if undefined)."""
 
 SCORES = pa.schema(
     [

@@ -96,3 +96,8 @@ def test_stage_commands_wire_up(tiny_model_dirs: dict[str, Path], corpus_file: P
     assert bad.exit_code != 0 and "neurons must look like" in bad.output
     scored = runner.invoke(app, ["score", "--run", str(out)])
     assert scored.exit_code == 0 and "explanation scores" in scored.output
+    far = runner.invoke(app, ["ablate", "--run", str(out), "--neurons", "0:99999"])
+    assert far.exit_code != 0 and "neuron 99999 out of range" in " ".join(far.output.split()), far.output
+    # every simulation failed above: nothing to ablate, and saying so is not an error
+    none = runner.invoke(app, ["ablate", "--run", str(out)])
+    assert none.exit_code == 0 and "ablate: 0 done" in " ".join(none.output.split()), none.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -35,18 +36,24 @@ def run(tiny_model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> 
     return RunStore(tmp_path / "run")
 
 
-def truth_oracle(store: RunStore):
+def truth_oracle(store: RunStore, exact: bool = False):
     """Fake simulator: at each target slot, all mass on the true 0-10 level of that token.
 
+    With `exact`, the expected value is instead an exact linear function of the true activation (mass
+    split between the two labels around it), so a linear calibration recovers the activation itself.
     It finds the neuron from the target's explanation and the excerpt from its token rows.
     """
-    levels_by: dict[tuple[str, str], list[int]] = {}
+    levels_by: dict[tuple[str, str], list] = {}
     explanations = read_table(store, "explanations", EXPLANATIONS)
     for row in explanations.itertuples():
-        recs = scoring_records(load_neuron_record(store.root, row.layer, row.neuron))
-        top = max(max(r.activations) for _, r in recs)
+        record = load_neuron_record(store.root, row.layer, row.neuron)
+        recs = scoring_records(record) + scoring_records(record, "calibration")
+        top = max(max(r.activations) for _, r in scoring_records(record))
+        lo = min(min(r.activations) for _, r in recs)
+        hi = max(max(r.activations) for _, r in recs)
         for _, r in recs:
-            levels_by[(row.explanation, "".join(r.tokens))] = normalize_activations(r.activations, top)
+            levels = [10 * (a - lo) / (hi - lo) for a in r.activations] if exact else None
+            levels_by[(row.explanation, "".join(r.tokens))] = levels or normalize_activations(r.activations, top)
 
     def oracle(prompt, tokens, i):
         target = prompt.rfind("<start>\n")
@@ -56,7 +63,12 @@ def truth_oracle(store: RunStore):
         explanation = prompt[:target].rsplit("Explanation: ", 1)[1].split("\n", 1)[0]
         rows = prompt[target + len("<start>\n") :].split("\n")
         text = "".join(row.rsplit("\t", 1)[0] for row in rows if "\t" in row)
-        return ((str(levels_by[(explanation, text)][slots.index(i + 1)]), 0.0),)
+        level = levels_by[(explanation, text)][slots.index(i + 1)]
+        if isinstance(level, int):
+            return ((str(level), 0.0),)
+        low = min(int(level), 9)
+        frac = level - low
+        return ((str(low), math.log(max(1 - frac, 1e-300))), (str(low + 1), math.log(max(frac, 1e-300))))
 
     return oracle
 
@@ -73,7 +85,10 @@ def test_stages_end_to_end_and_resume(run: RunStore) -> None:
     sim_report = asyncio.run(run_simulate(run, simulator, load_simulator_template(), max_level=10))
     assert sim_report.completed == 2
     sims = read_table(run, "simulations", SIMULATIONS)
-    assert len(sims) == 2 * 10 and set(sims.record_kind) == {"top", "random"}
+    assert len(sims) == 2 * 20 and set(sims.record_kind) == {"top", "random"}
+    assert (sims.split == "valid").sum() == 2 * 10 and (sims.split == "calibration").sum() == 2 * 10
+    # the oracle's levels are floor(10 a / top): calibration maps them back to activations with slope ~ top/10
+    assert sims.calibration_error.isna().all() and (sims.calibration_slope > 0).all()
     score_report = run_score(run)
     assert score_report.completed == 2
     summary = score_summary(run)
@@ -88,7 +103,7 @@ def test_stages_end_to_end_and_resume(run: RunStore) -> None:
     assert again.skipped_done == 2 and again.completed == 1 and len(explainer.calls) == calls[0] + 1
     simulator.oracle = truth_oracle(run)  # knows the new explanation too
     asyncio.run(run_simulate(run, simulator, load_simulator_template(), max_level=10))
-    assert len(simulator.calls) == calls[1] + 10  # only the new explanation's 10 excerpts
+    assert len(simulator.calls) == calls[1] + 20  # only the new explanation's 10 valid + 10 calibration excerpts
     assert run_score(run).completed == 1
     assert len(score_summary(run)) == 3
 
@@ -99,3 +114,43 @@ def test_simulate_needs_logprobs_before_any_work(run: RunStore) -> None:
     with pytest.raises(CapabilityError):
         asyncio.run(run_simulate(run, chat_only, load_simulator_template()))
     assert chat_only.calls == []
+
+
+def test_ablate_stage_scores_calibrated_simulations_and_resumes(run: RunStore, tiny_model_dirs) -> None:
+    from neuron_explainer.ablate_stage import run_ablate
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.records.schema import ABLATION_SCORES
+
+    explainer = FakeBackend(completions=(" tokens of neuron A.", " tokens of neuron B."))  # the oracle keys on them
+    asyncio.run(run_explain(run, NEURONS[:2], explainer, load_explainer_template()))
+    oracle = truth_oracle(run, exact=True)
+    asyncio.run(run_simulate(run, FakeBackend(oracle=oracle), load_simulator_template(), max_level=10))
+    subject = load_subject_model(str(tiny_model_dirs["gpt2"]))
+    source = ActivationSource(subject.model, subject.hook_point)
+    report = run_ablate(run, subject.model, source, bos_token_id=None, batch_rows=7, max_excerpts=12)
+    assert report.completed == 2 and report.failed == 0
+    # no excerpt shared between the two neurons here: 10 clean + 20 replaced excerpt forwards per neuron
+    assert report.details["replaced_excerpt_forwards"] == 2 * 20
+    scores = read_table(run, "ablation_scores", ABLATION_SCORES)
+    assert len(scores) == 4 and set(scores.scorer) == {"top_and_random", "random_only"}
+    # the simulation is linear in the true activation, so calibrated it is the activation (up to float32
+    # storage): the whole stage (calibration, excerpt ids, hook point) must then give 1.0
+    assert (scores.score > 1 - 1e-4).all() and (scores.jsd_mean > 0).all(), scores
+    again = run_ablate(run, subject.model, source, bos_token_id=None)
+    assert again.completed == 0 and again.skipped_done == 2 and again.details["replaced_excerpt_forwards"] == 0
+
+
+def test_ablation_without_calibration_is_a_recorded_failure(run: RunStore, tiny_model_dirs) -> None:
+    from neuron_explainer.ablate_stage import run_ablate
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
+
+    asyncio.run(run_explain(run, NEURONS[:1], FakeBackend(completions=("x y",)), load_explainer_template()))
+    sim = FakeBackend(oracle=truth_oracle(run))
+    asyncio.run(run_simulate(run, sim, load_simulator_template(), max_level=10, calibrate=False))
+    subject = load_subject_model(str(tiny_model_dirs["gpt2"]))
+    report = run_ablate(run, subject.model, ActivationSource(subject.model, subject.hook_point), bos_token_id=None)
+    assert report.completed == 0 and report.failed == 1 and "without calibration" in report.failures[0]
+    failures = read_table(run, "failures", FAILURES)
+    assert (failures.stage == "ablate").sum() == 1
