@@ -9,44 +9,21 @@ most one group, and a rerun skips finished units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import torch
 
 from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.pipeline import ProgressFn, StageReport, read_table, write_part
-from neuron_explainer.records.reader import load_neuron_stats
+from neuron_explainer.records.reader import load_neuron_stats, read_token_ids
 from neuron_explainer.records.schema import ABLATION_SCORES, FAILURES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.scoring.ablation import Ablator, NeuronAblation, ablation_score, score_ablations
 
 ABLATION_SCORERS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
-
-
-def read_token_ids(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[int]]:
-    """Token ids of the given excerpts, by id.
-
-    Raises:
-        RunDirError: an excerpt is missing or the excerpt files are unreadable.
-    """
-    try:
-        table = ds.dataset(store.excerpts_dir, format="parquet").to_table(
-            columns=["excerpt_id", "token_ids"], filter=pc.field("excerpt_id").isin(list(excerpt_ids))
-        )
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RunDirError(f"excerpt files under {store.excerpts_dir} are corrupt or unreadable: {e}") from e
-    found = dict(zip(table["excerpt_id"].to_pylist(), table["token_ids"].to_pylist(), strict=True))
-    missing = set(excerpt_ids) - set(found)
-    if missing:
-        raise RunDirError(f"{len(missing)} scored excerpt(s) are missing from {store.excerpts_dir}")
-    return found
 
 
 def _groups(units: list[dict[str, Any]], max_excerpts: int) -> list[list[dict[str, Any]]]:

@@ -15,6 +15,7 @@ from neuron_explainer.cli_stages import (
     Backends,
     console,
     do_ablate,
+    do_baselines,
     do_explain,
     do_score,
     do_simulate,
@@ -325,6 +326,22 @@ def score_cmd(run_dir: RunOpt = None, config: ConfigOpt = None, overrides: SetOp
         _fail(e)
 
 
+@app.command("baselines")
+def baselines_cmd(
+    run_dir: RunOpt = None,
+    neurons: NeuronsOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Weight and lookup-table baselines, stored as explanations with their simulations (resumable)."""
+    _setup_logging(False)
+    try:
+        cfg = _stage_config(config, overrides, run_dir, neurons, {})
+        do_baselines(cfg)
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
 @app.command("ablate")
 def ablate_cmd(
     run_dir: RunOpt = None,
@@ -336,7 +353,7 @@ def ablate_cmd(
     """Ablation-score calibrated simulations: replace the neuron by its simulation vs by its mean (resumable)."""
     _setup_logging(False)
     try:
-        cfg = _stage_config(config, overrides, run_dir, neurons, {"ablate.device": device})
+        cfg = _stage_config(config, overrides, run_dir, neurons, {"subject_device": device})
         do_ablate(cfg)
         print_scores(cfg)
     except NeuronExplainerError as e:
@@ -366,6 +383,8 @@ def run(
             backends = Backends(cfg)
             do_explain(cfg, backends)
             do_simulate(cfg, backends)
+            if cfg.baselines.enabled:
+                do_baselines(cfg)
             do_score(cfg)
             if cfg.ablate.enabled:
                 do_ablate(cfg)

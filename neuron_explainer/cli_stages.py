@@ -115,25 +115,58 @@ def do_simulate(cfg: RunConfig, backends: Backends) -> None:
     _report(report)
 
 
+def _subject(cfg: RunConfig, manifest: dict[str, Any], purpose: str) -> Any:
+    from neuron_explainer.activations.models import load_subject_model
+
+    harvest = manifest["harvest"]["config"]
+    console.print(f"loading subject model {harvest['model']} for {purpose} ...")
+    return load_subject_model(
+        harvest["model"],
+        revision=harvest.get("model_revision"),
+        dtype=harvest.get("dtype", "float32"),
+        device=cfg.subject_device,
+    )
+
+
+def do_baselines(cfg: RunConfig) -> None:
+    """Compute the weight and lookup baselines of `cfg.neurons` and report."""
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.baselines_stage import run_baselines
+    from neuron_explainer.records.store import RunStore
+    from neuron_explainer.selection import SPEC_HELP, neurons_for_run
+
+    if not cfg.neurons:
+        raise ConfigError(f"no neurons selected: pass --neurons ({SPEC_HELP}) or set `neurons` in the config")
+    store = RunStore(cfg.out)
+    manifest = store.require_harvest()
+    subject = _subject(cfg, manifest, "baselines")
+    b = cfg.baselines
+    report = run_baselines(
+        store,
+        subject.model,
+        subject.tokenizer,
+        ActivationSource(subject.model, subject.hook_point),
+        neurons_for_run(cfg.neurons, manifest),
+        kinds=b.kinds,
+        bos_token_id=getattr(subject.tokenizer, "bos_token_id", None),
+        held_out_excerpts=b.held_out_excerpts,
+        batch_size=b.batch_size,
+        progress=_stage_progress,
+    )
+    _report(report)
+
+
 def do_ablate(cfg: RunConfig) -> None:
     """Ablation-score every calibrated simulation (of `cfg.neurons` if set) with the harvested subject model."""
     from neuron_explainer.ablate_stage import run_ablate
-    from neuron_explainer.activations.models import load_subject_model
     from neuron_explainer.activations.sources import ActivationSource
     from neuron_explainer.records.store import RunStore
     from neuron_explainer.selection import neurons_for_run
 
     store = RunStore(cfg.out)
     manifest = store.require_harvest()
-    harvest = manifest["harvest"]["config"]
     only = set(neurons_for_run(cfg.neurons, manifest)) if cfg.neurons else None
-    console.print(f"loading subject model {harvest['model']} for ablation ...")
-    subject = load_subject_model(
-        harvest["model"],
-        revision=harvest.get("model_revision"),
-        dtype=harvest.get("dtype", "float32"),
-        device=cfg.ablate.device,
-    )
+    subject = _subject(cfg, manifest, "ablation")
     report = run_ablate(
         store,
         subject.model,

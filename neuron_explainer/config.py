@@ -150,8 +150,18 @@ class AblateConfig(_Config):
     """Excerpt rows per replaced forward. Non-semantic."""
     max_excerpts: int = Field(default=32, ge=1)
     """Distinct excerpts per clean forward; bounds memory (excerpts x tokens x vocabulary). Non-semantic."""
-    device: str = "cpu"
-    """Device of the subject model. Non-semantic."""
+
+
+class BaselinesConfig(_Config):
+    """Explanation-free baselines (weights, lookup table), stored and scored like explanations."""
+
+    enabled: bool = False
+    """Whether `run` computes them for the selected neurons (before scoring)."""
+    kinds: list[Literal["weights", "lookup"]] = ["weights", "lookup"]
+    held_out_excerpts: int = Field(default=500, ge=1)
+    """Corpus excerpts after the harvested ones, averaged into the lookup table."""
+    batch_size: int = Field(default=16, ge=1)
+    """Held-out excerpts per forward. Non-semantic."""
 
 
 class RunConfig(_Config):
@@ -168,6 +178,9 @@ class RunConfig(_Config):
     explain: ExplainConfig = ExplainConfig()
     simulate: SimulateConfig = SimulateConfig()
     ablate: AblateConfig = AblateConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    subject_device: str = "cpu"
+    """Device of the subject model when a stage after the harvest needs it (ablate, baselines). Non-semantic."""
     llm_device: str = "cpu"
     """Device of local explainer/simulator models. Non-semantic."""
     max_concurrent: int = Field(default=4, ge=1)

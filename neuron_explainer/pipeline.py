@@ -208,9 +208,10 @@ def scoring_records(record: NeuronRecord, split: str = "valid") -> list[tuple[st
     return [("top", r) for r in top] + [("random", r) for r in rnd]
 
 
-def _calibration_columns(
+def calibration_columns(
     calibrate: bool, records: list[tuple[str, str, ActivationRecord]], sims: list[list[float]]
 ) -> dict[str, Any]:
+    """The calibration columns of one explanation's simulation rows, from its (split, kind, record) list."""
     if not calibrate:
         return {"calibration_slope": None, "calibration_intercept": None, "calibration_error": None}
     pairs = [
@@ -245,6 +246,7 @@ async def run_simulate(
     require(backend, NEEDS[method], f"{method.replace('_', '-')} simulation")
     store.require_harvest()
     explanations = read_table(store, "explanations", EXPLANATIONS)
+    explanations = explanations[~explanations.explainer.str.startswith("baseline:")]  # they carry their own
     if neurons is not None:
         explanations = explanations[
             [(a, b) in neurons for a, b in zip(explanations.layer, explanations.neuron, strict=True)]
@@ -284,7 +286,7 @@ async def run_simulate(
                         "prompt_version": sim.prompt_version,
                     }
                 )
-            cal = _calibration_columns(calibrate, todo, sims)
+            cal = calibration_columns(calibrate, todo, sims)
             rows = [{**row, **cal} for row in rows]
         except SimulationParseError as e:  # the whole unit fails: a partial simulation set is never scored
             return [], [

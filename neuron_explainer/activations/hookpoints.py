@@ -24,6 +24,10 @@ class HookPoint:
     """Config attributes naming the activation function, first one present wins."""
     gated: bool
     """Whether the MLP is gated (activation = act(gate(x)) * up(x)); its values can be negative."""
+    mlp_path: str = "mlp"
+    """Dotted path inside one block to the MLP module."""
+    mlp_norm_path: str = "post_attention_layernorm"
+    """Dotted path inside one block to the norm applied to the residual stream before the MLP."""
 
     def describe(self) -> str:
         """Human-readable hook location, e.g. `model.layers.{i}.mlp.down_proj:input`."""
@@ -39,17 +43,25 @@ class HookPoint:
 
 
 _GATED = HookPoint("model.layers", "mlp.down_proj", ("hidden_activation", "hidden_act"), gated=True)
+# Gemma 2 and 3 have a norm before and after each sub-block: the MLP reads `pre_feedforward_layernorm`.
+_GATED_SANDWICH = HookPoint(
+    "model.layers",
+    "mlp.down_proj",
+    ("hidden_activation", "hidden_act"),
+    gated=True,
+    mlp_norm_path="pre_feedforward_layernorm",
+)
 
 HOOK_POINTS: dict[str, HookPoint] = {
-    "gpt2": HookPoint("transformer.h", "mlp.c_proj", ("activation_function",), gated=False),
+    "gpt2": HookPoint("transformer.h", "mlp.c_proj", ("activation_function",), gated=False, mlp_norm_path="ln_2"),
     "gpt_neox": HookPoint("gpt_neox.layers", "mlp.dense_4h_to_h", ("hidden_act",), gated=False),
     "llama": _GATED,
     "mistral": _GATED,
     "qwen2": _GATED,
     "qwen3": _GATED,
     "gemma": _GATED,
-    "gemma2": _GATED,
-    "gemma3_text": _GATED,
+    "gemma2": _GATED_SANDWICH,
+    "gemma3_text": _GATED_SANDWICH,
 }
 """model_type -> hook point. SmolLM and SmolLM2 are `llama`; Pythia is `gpt_neox`."""
 

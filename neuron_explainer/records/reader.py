@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,6 +48,25 @@ def read_excerpts(store: RunStore, excerpt_ids: list[int]) -> dict[int, list[str
     missing = set(excerpt_ids) - set(found)
     if missing:
         raise RunDirError(f"{len(missing)} excerpt(s) referenced by records are missing from {store.excerpts_dir}")
+    return found
+
+
+def read_token_ids(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Token ids of the given excerpts, by id.
+
+    Raises:
+        RunDirError: an excerpt is missing or the excerpt files are unreadable.
+    """
+    try:
+        table = ds.dataset(store.excerpts_dir, format="parquet").to_table(
+            columns=["excerpt_id", "token_ids"], filter=pc.field("excerpt_id").isin(list(excerpt_ids))
+        )
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RunDirError(f"excerpt files under {store.excerpts_dir} are corrupt or unreadable: {e}") from e
+    found = dict(zip(table["excerpt_id"].to_pylist(), table["token_ids"].to_pylist(), strict=True))
+    missing = set(excerpt_ids) - set(found)
+    if missing:
+        raise RunDirError(f"{len(missing)} excerpt(s) are missing from {store.excerpts_dir}")
     return found
 
 

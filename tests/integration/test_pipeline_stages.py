@@ -154,3 +154,46 @@ def test_ablation_without_calibration_is_a_recorded_failure(run: RunStore, tiny_
     assert report.completed == 0 and report.failed == 1 and "without calibration" in report.failures[0]
     failures = read_table(run, "failures", FAILURES)
     assert (failures.stage == "ablate").sum() == 1
+
+
+def test_baselines_stage_is_stored_scored_and_resumable(tiny_model_dirs, corpus_file, tmp_path) -> None:
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.baselines_stage import run_baselines
+    from neuron_explainer.records.schema import SCORES
+
+    cfg = harvest_cfg(tiny_model_dirs["gpt2"], corpus_file, top_k=20, random_k=20, quantile_k=0, n_excerpts=60)
+    HarvestRun(cfg, tmp_path / "run").run()
+    run = RunStore(tmp_path / "run")
+    subject = load_subject_model(str(tiny_model_dirs["gpt2"]))
+    source = ActivationSource(subject.model, subject.hook_point)
+    args = (run, subject.model, subject.tokenizer, source, [(0, 1), (1, 5)])
+    report = run_baselines(*args, held_out_excerpts=40)
+    assert report.completed == 4
+    expl = read_table(run, "explanations", EXPLANATIONS)
+    assert sorted(expl.explainer) == ["baseline:lookup"] * 2 + ["baseline:weights"] * 2
+    assert expl.explanation.str.contains("tokens").all()
+    sims = read_table(run, "simulations", SIMULATIONS)
+    assert len(sims) == 4 * 20 and (sims.max_level == 0).all() and sims.calibration_error.isna().all()
+    assert run_score(run).completed == 4
+    scores = read_table(run, "scores", SCORES)
+    assert len(scores) == 8 and scores.correlation.notna().all()
+    # an LLM simulator never re-simulates baseline explanations
+    asyncio.run(run_simulate(run, FakeBackend(oracle=lambda *a: (("0", 0.0),)), load_simulator_template()))
+    assert len(read_table(run, "simulations", SIMULATIONS)) == 4 * 20
+    again = run_baselines(*args, held_out_excerpts=40)
+    assert again.completed == 0 and again.skipped_done == 4
+
+
+def test_lookup_baseline_without_held_out_text_is_a_clear_error(tiny_model_dirs, corpus_file, tmp_path) -> None:
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.baselines_stage import run_baselines
+    from neuron_explainer.errors import CorpusError
+
+    cfg = harvest_cfg(tiny_model_dirs["gpt2"], corpus_file, top_k=5, random_k=5, quantile_k=0, n_excerpts=5000)
+    HarvestRun(cfg, tmp_path / "run").run()  # takes every excerpt the corpus has
+    subject = load_subject_model(str(tiny_model_dirs["gpt2"]))
+    source = ActivationSource(subject.model, subject.hook_point)
+    with pytest.raises(CorpusError, match="no excerpts beyond"):
+        run_baselines(RunStore(tmp_path / "run"), subject.model, subject.tokenizer, source, [(0, 1)], kinds=["lookup"])
