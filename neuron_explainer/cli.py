@@ -17,6 +17,7 @@ from neuron_explainer.cli_stages import (
     do_ablate,
     do_baselines,
     do_explain,
+    do_revise,
     do_score,
     do_simulate,
     out,
@@ -326,6 +327,22 @@ def score_cmd(run_dir: RunOpt = None, config: ConfigOpt = None, overrides: SetOp
         _fail(e)
 
 
+@app.command("revise")
+def revise_cmd(
+    run_dir: RunOpt = None,
+    neurons: NeuronsOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Revise simulated explanations: test sentences, real activations, revised explanations (resumable)."""
+    _setup_logging(False)
+    try:
+        cfg = _stage_config(config, overrides, run_dir, neurons, {})
+        do_revise(cfg, Backends(cfg))
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
 @app.command("baselines")
 def baselines_cmd(
     run_dir: RunOpt = None,
@@ -383,6 +400,8 @@ def run(
             backends = Backends(cfg)
             do_explain(cfg, backends)
             do_simulate(cfg, backends)
+            if cfg.revise.enabled:
+                do_revise(cfg, backends)
             if cfg.baselines.enabled:
                 do_baselines(cfg)
             do_score(cfg)

@@ -156,6 +156,93 @@ def do_baselines(cfg: RunConfig) -> None:
     _report(report)
 
 
+def do_revise(cfg: RunConfig, backends: Backends) -> None:
+    """Revise the explanations of `cfg.neurons` (or all) and print the revision scores."""
+    import asyncio
+
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.explain.revision import load_revision_templates
+    from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
+    from neuron_explainer.records.store import RunStore
+    from neuron_explainer.revise_stage import SubjectRunner, run_revise
+    from neuron_explainer.selection import neurons_for_run
+
+    store = RunStore(cfg.out)
+    manifest = store.require_harvest()
+    only = set(neurons_for_run(cfg.neurons, manifest)) if cfg.neurons else None
+    subject = _subject(cfg, manifest, "revision")
+    bos = getattr(subject.tokenizer, "bos_token_id", None) if manifest["harvest"].get("prepend_bos") else None
+    runner = SubjectRunner(
+        ActivationSource(subject.model, subject.hook_point),
+        subject.tokenizer,
+        bos_token_id=bos,
+        max_tokens=int(manifest["harvest"]["excerpt_len"]),
+    )
+    e, sim, r = cfg.explain, cfg.simulate, cfg.revise
+    report = asyncio.run(
+        run_revise(
+            store,
+            backends.get(e.explainer),
+            backends.get(sim.simulator),
+            runner,
+            load_explainer_template(cfg.prompts_dir, e.prompt_version),
+            load_simulator_template(cfg.prompts_dir, sim.prompt_version),
+            load_revision_templates(cfg.prompts_dir, r.prompt_version),
+            neurons=only,
+            arms=r.arms,
+            method=sim.method,
+            max_level=sim.max_level,
+            top_k=sim.top_k,
+            temperature=e.temperature,
+            max_tokens=e.max_tokens,
+            sentence_tokens=r.sentence_tokens,
+            seed=e.seed,
+            progress=_stage_progress,
+        )
+    )
+    _report(report)
+    print_revision(cfg)
+
+
+def print_revision(cfg: RunConfig) -> None:
+    """Revision scores per original explanation and arm, and the false-positive rate of the test sentences."""
+    from rich.table import Table
+
+    from neuron_explainer.pipeline import read_table
+    from neuron_explainer.records.schema import REVISION_SCORES, REVISION_SENTENCES
+    from neuron_explainer.records.store import RunStore
+
+    store = RunStore(cfg.out)
+    scores = read_table(store, "revision_scores", REVISION_SCORES)
+    sentences = read_table(store, "revision_sentences", REVISION_SENTENCES)
+    if scores.empty:
+        return
+    table = Table(title=f"revision in {cfg.out} (pooled correlation)")
+    for col in ("neuron", "arm", "explanation", "original set", "extended set"):
+        table.add_column(col, justify="right" if "set" in col else "left")
+    wide = scores.pivot(
+        index=["layer", "neuron", "original_explanation_id", "arm", "explanation"],
+        columns="scorer",
+        values="correlation",
+    ).reset_index()
+
+    def fmt(v: float) -> str:
+        return "undefined" if v != v else f"{v:.3f}"
+
+    for row in wide.sort_values(["layer", "neuron", "original_explanation_id"]).itertuples():
+        table.add_row(
+            f"{row.layer}:{row.neuron}", row.arm, row.explanation, fmt(row.original_set), fmt(row.extended_set)
+        )
+    out.print(table)
+    fp = sentences.false_positive
+    out.print(
+        f"test sentences: {len(fp)}, false positives: {int(fp.sum())} ({fp.mean():.0%}); explanations with at "
+        f"least one: {int(sentences.groupby('explanation_id').false_positive.any().sum())} of "
+        f"{sentences.explanation_id.nunique()}",
+        highlight=False,
+    )
+
+
 def do_ablate(cfg: RunConfig) -> None:
     """Ablation-score every calibrated simulation (of `cfg.neurons` if set) with the harvested subject model."""
     from neuron_explainer.ablate_stage import run_ablate

@@ -152,6 +152,17 @@ class AblateConfig(_Config):
     """Distinct excerpts per clean forward; bounds memory (excerpts x tokens x vocabulary). Non-semantic."""
 
 
+class ReviseConfig(_Config):
+    """Explanation revision (test sentences from the explainer, real activations, revised explanations)."""
+
+    enabled: bool = False
+    """Whether `run` revises the selected neurons' explanations (after simulate, before score)."""
+    arms: list[Literal["revised", "reexplain", "random_revision"]] = ["revised", "reexplain", "random_revision"]
+    sentence_tokens: int = Field(default=400, ge=16)
+    """Completion budget for the list of 10 test sentences."""
+    prompt_version: str = "v1"
+
+
 class BaselinesConfig(_Config):
     """Explanation-free baselines (weights, lookup table), stored and scored like explanations."""
 
@@ -179,6 +190,7 @@ class RunConfig(_Config):
     simulate: SimulateConfig = SimulateConfig()
     ablate: AblateConfig = AblateConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    revise: ReviseConfig = ReviseConfig()
     subject_device: str = "cpu"
     """Device of the subject model when a stage after the harvest needs it (ablate, baselines). Non-semantic."""
     llm_device: str = "cpu"

@@ -147,3 +147,43 @@ FAILURES = pa.schema(
     ]
 )
 """Units that produced nothing usable; retried on the next run, never scored."""
+
+
+REVISION_SENTENCES = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("sentence_idx", pa.int16(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("tokens", pa.list_(pa.string()), nullable=False),
+        pa.field("activations", pa.list_(pa.float32()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("max_level", pa.int8(), nullable=False),
+        pa.field("false_positive", pa.bool_(), nullable=False),
+        pa.field("explainer", pa.string(), nullable=False),
+    ]
+)
+"""One row per test sentence generated from an explanation: its real activations (subject model), the
+split it serves (`revision` or `scoring`), its strongest level on the neuron's 0-10 evidence scale, and
+whether it is a false positive (level 0: the explanation predicted a response that did not come)."""
+
+REVISION_SCORES = pa.schema(
+    [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("neuron", pa.int32(), nullable=False),
+        pa.field("original_explanation_id", pa.string(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("explanation_id", pa.string(), nullable=False),
+        pa.field("explanation", pa.string(), nullable=False),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("correlation", pa.float64(), nullable=True),
+        pa.field("undefined_reason", pa.string(), nullable=True),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("simulator", pa.string(), nullable=False),
+    ]
+)
+"""One row per (original explanation, arm, scorer). Arms: `original`, `revised` (revision from the test
+sentences), `reexplain` (a fresh explanation from the test sentences alone), `random_revision` (revision
+from random corpus excerpts where the neuron is active). Scorers: `original_set` (top-and-random valid
+excerpts) and `extended_set` (the same plus the scoring test sentences)."""

@@ -197,3 +197,72 @@ def test_lookup_baseline_without_held_out_text_is_a_clear_error(tiny_model_dirs,
     source = ActivationSource(subject.model, subject.hook_point)
     with pytest.raises(CorpusError, match="no excerpts beyond"):
         run_baselines(RunStore(tmp_path / "run"), subject.model, subject.tokenizer, source, [(0, 1)], kinds=["lookup"])
+
+
+def test_revise_stage_writes_every_artefact_and_resumes(run: RunStore, tiny_model_dirs) -> None:
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.explain.revision import load_revision_templates
+    from neuron_explainer.records.schema import REVISION_SCORES, REVISION_SENTENCES
+    from neuron_explainer.revise_stage import SubjectRunner, run_revise
+
+    asyncio.run(
+        run_explain(run, NEURONS[:1], FakeBackend(completions=(" tokens of neuron A.",)), load_explainer_template())
+    )
+
+    def oracle(prompt, tokens, i):  # varies with position, so correlations are defined
+        return ((str(i % 4), -0.1), ("0", -3.0))
+
+    simulator = FakeBackend(oracle=oracle)
+    asyncio.run(run_simulate(run, simulator, load_simulator_template(), max_level=10, calibrate=False))
+    subject = load_subject_model(str(tiny_model_dirs["gpt2"]))
+    runner = SubjectRunner(
+        ActivationSource(subject.model, subject.hook_point), subject.tokenizer, bos_token_id=None, max_tokens=16
+    )
+    sentences = " alpha beta gamma\n2. delta alpha beta\n3. gamma gamma delta\n4. beta beta alpha"
+    explainer = FakeBackend(
+        completions=(sentences, " revised tokens.", " tokens again.", " tokens after random text."),
+        supports_prefill=True,
+    )
+    args = (run, explainer, simulator, runner, load_explainer_template(), load_simulator_template())
+    report = asyncio.run(run_revise(*args, load_revision_templates(), max_level=10))
+    assert report.completed == 1 and report.failed == 0, report.failures
+    sent = read_table(run, "revision_sentences", REVISION_SENTENCES)
+    assert len(sent) == 4 and list(sent.split) == ["revision", "scoring"] * 2
+    assert sent.text.iloc[0] == "alpha beta gamma" and sent.false_positive.dtype == bool
+    # the stored activations are the subject model's, as the harvest would compute them
+    direct = runner.record("alpha beta gamma", 0, 1)
+    assert list(sent.activations.iloc[0]) == pytest.approx(direct.activations, abs=1e-6)
+    expl = read_table(run, "explanations", EXPLANATIONS)
+    revised = expl[expl["round"] == 2]
+    assert sorted(revised.prompt_version) == ["revision/random_revision", "revision/reexplain", "revision/revised"]
+    assert set(revised.explanation) == {"revised tokens", "tokens again", "tokens after random text"}
+    scores = read_table(run, "revision_scores", REVISION_SCORES)
+    assert len(scores) == 4 * 2 and set(scores.arm) == {"original", "revised", "reexplain", "random_revision"}
+    ext = scores[scores.scorer == "extended_set"]
+    assert (ext.n_tokens > scores[scores.scorer == "original_set"].n_tokens.max()).all()
+    sims = read_table(run, "simulations", SIMULATIONS)
+    assert set(revised.explanation_id) <= set(sims.explanation_id)  # `score` and `ablate` see them
+    calls = len(explainer.calls)
+    again = asyncio.run(run_revise(*args, load_revision_templates(), max_level=10))
+    assert again.skipped_done == 1 and len(explainer.calls) == calls
+
+
+def test_revise_stage_records_an_unusable_sentence_list(run: RunStore, tiny_model_dirs) -> None:
+    from neuron_explainer.activations.models import load_subject_model
+    from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.explain.revision import load_revision_templates
+    from neuron_explainer.revise_stage import SubjectRunner, run_revise
+
+    asyncio.run(run_explain(run, NEURONS[:1], FakeBackend(completions=(" tokens.",)), load_explainer_template()))
+    simulator = FakeBackend(oracle=lambda p, t, i: ((str(i % 3), 0.0),))
+    asyncio.run(run_simulate(run, simulator, load_simulator_template(), max_level=10, calibrate=False))
+    subject = load_subject_model(str(tiny_model_dirs["gpt2"]))
+    runner = SubjectRunner(
+        ActivationSource(subject.model, subject.hook_point), subject.tokenizer, bos_token_id=None, max_tokens=16
+    )
+    explainer = FakeBackend(completions=("I cannot help with that.",), supports_prefill=True)
+    args = (run, explainer, simulator, runner, load_explainer_template(), load_simulator_template())
+    report = asyncio.run(run_revise(*args, load_revision_templates(), max_level=10))
+    assert report.failed == 1 and "test sentence" in report.failures[0]
+    assert (read_table(run, "failures", FAILURES).stage == "revise").sum() == 1

@@ -1,0 +1,128 @@
+"""Explanation revision (METHOD.md §6): test sentences from an explanation, then a revised explanation.
+
+Pure prompt building and parsing; the revise stage (neuron_explainer/revise_stage.py) runs the models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from neuron_explainer.datatypes import ActivationRecord
+from neuron_explainer.errors import NeuronExplainerError
+from neuron_explainer.explain.explainer import _evidence
+from neuron_explainer.llm.base import Message
+from neuron_explainer.prompts.formatting import max_activation, normalize_activations
+from neuron_explainer.prompts.templates import DEFAULT_PROMPTS_DIR, ExplainerTemplate, _read
+
+N_SENTENCES = 10
+MIN_SENTENCES = 2
+"""Fewer parseable sentences than this is a failure: one is needed for revision and one for scoring."""
+MAX_SENTENCE_CHARS = 400
+
+
+class RevisionParseError(NeuronExplainerError):
+    """The model's list of test sentences holds too few usable sentences."""
+
+
+@dataclass(frozen=True)
+class RevisionTemplates:
+    """The two revision prompts: test-sentence generation and the revision itself."""
+
+    version: str
+    sentences_intro: str
+    revise_intro: str
+
+
+@cache
+def load_revision_templates(prompts_dir: str | None = None, version: str = "v1") -> RevisionTemplates:
+    """`revision/sentences_<version>.md` and `revision/revise_<version>.md`."""
+    root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
+    return RevisionTemplates(
+        f"revision/{version}",
+        _read(root / "revision" / f"sentences_{version}.md"),
+        _read(root / "revision" / f"revise_{version}.md"),
+    )
+
+
+def build_sentence_messages(templates: RevisionTemplates, explanation: str) -> list[Message]:
+    """Ask for N_SENTENCES numbered sentences that should activate the neuron if `explanation` is right."""
+    return [
+        Message("system", templates.sentences_intro),
+        Message("user", f"Explanation: the main thing this neuron does is find {explanation}."),
+        Message("assistant", "1."),
+    ]
+
+
+_NUMBERED = re.compile(r"^\s*(?:\d{1,2}\s*[.):-]\s*)?(.+?)\s*$")
+
+
+def parse_sentences(text: str, *, prefilled: bool = True) -> list[str]:
+    """The sentences of a numbered list (the first item's "1." may have been prefilled), deduplicated.
+
+    Raises:
+        RevisionParseError: fewer than MIN_SENTENCES usable sentences.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if not (prefilled and i == 0) and not re.match(r"^\s*\d{1,2}\s*[.):-]", line):
+            continue  # prose around the list
+        match = _NUMBERED.match(line)
+        sentence = match.group(1).strip().strip("\"'*").strip() if match else ""
+        if sum(ch.isalpha() for ch in sentence) >= 3 and len(sentence) <= MAX_SENTENCE_CHARS and sentence not in out:
+            out.append(sentence)
+    if len(out) < MIN_SENTENCES:
+        raise RevisionParseError(f"only {len(out)} usable test sentence(s) in the output {text[:120]!r}")
+    return out[:N_SENTENCES]
+
+
+def split_sentences(sentences: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Indices for revision (even) and scoring (odd): 5 and 5 of 10, balanced when fewer."""
+    return list(range(0, len(sentences), 2)), list(range(1, len(sentences), 2))
+
+
+def _new_evidence(records: Sequence[ActivationRecord], top: float) -> str:
+    lines = []
+    for r in records:
+        levels = normalize_activations(r.activations, top)
+        peak = max(levels) if levels else 0
+        if peak > 0:
+            i = max(range(len(levels)), key=lambda j: (levels[j], -j))
+            token = r.tokens[i]
+            lead = token[: len(token) - len(token.lstrip())]
+            text = "".join(r.tokens[:i]) + f"{lead}[[{token.strip()}]]" + "".join(r.tokens[i + 1 :])
+        else:
+            text = "".join(r.tokens)
+        lines.append(f"response {peak}/10: {text.strip()}".replace("\n", " "))
+    return "\n".join(lines)
+
+
+def build_revise_messages(
+    templates: RevisionTemplates,
+    explainer: ExplainerTemplate,
+    evidence: Sequence[ActivationRecord],
+    explanation: str,
+    new_records: Sequence[ActivationRecord],
+) -> list[Message]:
+    """The revision prompt: original evidence (in the explainer's layout), explanation, tested sentences.
+
+    Levels of the new sentences are on the evidence's scale (10 = the strongest evidence activation), with
+    each sentence's strongest token marked [[like this]] when it responds at all.
+    """
+    top = max_activation([r.activations for r in evidence])
+    shown = _evidence(explainer, [(r.tokens, normalize_activations(r.activations, top)) for r in evidence])
+    user = (
+        f"Text that made the neuron respond most:\n{shown}\n\n"
+        f"Current explanation: {explanation}\n\n"
+        f"New test sentences and the neuron's responses:\n{_new_evidence(new_records, top)}"
+    )
+    return [Message("system", templates.revise_intro), Message("user", user)]
+
+
+def is_false_positive(record: ActivationRecord, top: float) -> bool:
+    """A test sentence that does not activate the neuron: its strongest token is below level 1 of 10."""
+    return max(normalize_activations(record.activations, top), default=0) == 0
