@@ -19,7 +19,7 @@ from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.pipeline import ProgressFn, StageReport, read_table, write_part
 from neuron_explainer.records.reader import load_neuron_stats, read_token_ids
-from neuron_explainer.records.schema import ABLATION_SCORES, FAILURES, SIMULATIONS
+from neuron_explainer.records.schema import ABLATION_SCORES, EXPLANATIONS, FAILURES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.scoring.ablation import Ablator, NeuronAblation, ablation_score, score_ablations
 
@@ -72,6 +72,8 @@ def run_ablate(
     sims = sims[sims.split == "valid"]
     if neurons is not None:
         sims = sims[[(a, b) in neurons for a, b in zip(sims.layer, sims.neuron, strict=True)]]
+    expl = read_table(store, "explanations", EXPLANATIONS)
+    views = dict(zip(expl.explanation_id, expl.view, strict=True))
     done = read_table(store, "ablation_scores", ABLATION_SCORES)
     done_keys = set(zip(done.explanation_id, done.simulator, strict=True))
     report = StageReport("ablate")
@@ -83,9 +85,13 @@ def run_ablate(
             continue
         layer, neuron = int(g.layer.iloc[0]), int(g.neuron.iloc[0])
         slope, intercept = g.calibration_slope.iloc[0], g.calibration_intercept.iloc[0]
-        if pd.isna(slope):
+        reason = None
+        if views.get(eid, "current_token") != "current_token":
+            reason = "a next-token simulation has no value for an excerpt's last position: not ablated"
+        elif pd.isna(slope):
             error = g.calibration_error.iloc[0]
             reason = error if isinstance(error, str) else "simulated without calibration: rerun simulate with it on"
+        if reason is not None:
             fails.append(
                 {
                     "stage": "ablate",

@@ -180,6 +180,7 @@ def _baseline_rows(
         "explanation": text,
         "explainer": explainer,
         "prompt_version": PROMPT_VERSION,
+        "view": "current_token",
         "sample_idx": 0,
         "round": 1,
         "params_hash": "",

@@ -96,6 +96,10 @@ def do_simulate(cfg: RunConfig, backends: Backends) -> None:
 
     sim = cfg.simulate
     template = load_simulator_template(cfg.prompts_dir, sim.prompt_version)
+    try:
+        next_token = load_simulator_template(cfg.prompts_dir, sim.next_token_prompt_version)
+    except ConfigError:
+        next_token = None  # only an error if a next-token explanation needs it (run_simulate says so)
     store = RunStore(cfg.out)
     only = set(neurons_for_run(cfg.neurons, store.require_harvest())) if cfg.neurons else None
     report = asyncio.run(
@@ -108,6 +112,7 @@ def do_simulate(cfg: RunConfig, backends: Backends) -> None:
             top_k=sim.top_k,
             neurons=only,
             calibrate=sim.calibrate,
+            next_token_template=next_token,
             max_concurrent=cfg.max_concurrent,
             progress=_stage_progress,
         )

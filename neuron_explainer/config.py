@@ -137,6 +137,8 @@ class SimulateConfig(_Config):
     top_k: int = Field(default=20, ge=1)
     """Top next-token logprobs read at each slot."""
     prompt_version: str = "v1"
+    next_token_prompt_version: str = "next_token_v1"
+    """Simulator template for explanations written in the next-token view."""
     calibrate: bool = True
     """Also simulate the calibration split and fit the linear map to activations (needed by ablation)."""
 

@@ -30,6 +30,7 @@ from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.schema import ABLATION_SCORES, EXPLANATIONS, FAILURES, SCORES, SIMULATIONS
 from neuron_explainer.records.splits import random_split, top_split
 from neuron_explainer.records.store import RunStore, write_table_atomic
+from neuron_explainer.records.views import apply_view
 from neuron_explainer.scoring.calibration import CalibrationError, fit_calibration
 from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.simulate.parse import SimulationParseError
@@ -166,7 +167,7 @@ async def run_explain(
         layer, neuron = unit
         records = top_split(load_neuron_record(store.root, layer, neuron).most_positive_activation_records, "train")
         results = await explain(
-            records[:N_EXPLAIN_RECORDS],
+            [apply_view(r, template.view) for r in records[:N_EXPLAIN_RECORDS]],
             backend,
             template,
             n=n_samples,
@@ -188,6 +189,7 @@ async def run_explain(
                         "explanation": result,
                         "explainer": explainer,
                         "prompt_version": template.version,
+                        "view": template.view,
                         "sample_idx": i,
                         "round": 1,
                         "params_hash": phash,
@@ -235,11 +237,14 @@ async def run_simulate(
     max_concurrent: int = 1,
     neurons: set[tuple[int, int]] | None = None,
     calibrate: bool = True,
+    next_token_template: SimulatorTemplate | None = None,
     progress: ProgressFn | None = None,
 ) -> StageReport:
     """Simulate every explanation on its neuron's scoring (valid) records; skips those already simulated.
 
     With `calibrate`, also simulate the calibration records and fit the linear calibration ablation needs.
+    Explanations written in the next-token view are simulated with `next_token_template`, on records in
+    that view.
     """
     if method not in NEEDS:
         raise ConfigError(f"unknown simulation method {method!r}; choose one of {', '.join(NEEDS)}")
@@ -258,18 +263,33 @@ async def run_simulate(
     report = StageReport("simulate", planned=len(units))
     todo = [u for u in units if u["explanation_id"] not in done_ids]
     report.skipped_done = len(units) - len(todo)
+    templates = {template.view: template}
+    if next_token_template is not None:
+        templates.setdefault(next_token_template.view, next_token_template)
+    views = {u["view"] for u in todo}
+    if views - set(templates):
+        raise ConfigError(
+            f"explanations in the {sorted(views - set(templates))} view need a simulator template in that view "
+            "(simulate.next_token_prompt_version)"
+        )
+    if views - {"current_token"} and method != "all_at_once":
+        raise ConfigError("next-token explanations are simulated all at once only")
 
     async def work(unit: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         layer, neuron, eid = int(unit["layer"]), int(unit["neuron"]), unit["explanation_id"]
         rows = []
         record = load_neuron_record(store.root, layer, neuron)
         splits = ("valid", "calibration") if calibrate else ("valid",)
-        todo = [(split, kind, rec) for split in splits for kind, rec in scoring_records(record, split)]
+        view = unit["view"]
+        tpl = templates[view]
+        todo = [
+            (split, kind, apply_view(rec, view)) for split in splits for kind, rec in scoring_records(record, split)
+        ]
         try:
             sims = []
             for split, kind, rec in todo:
                 sim = await simulate(
-                    method, unit["explanation"], rec.tokens, backend, template, max_level=max_level, top_k=top_k
+                    method, unit["explanation"], rec.tokens, backend, tpl, max_level=max_level, top_k=top_k
                 )
                 sims.append(list(sim.expected_values))
                 rows.append(
@@ -316,10 +336,14 @@ def run_score(store: RunStore, *, progress: ProgressFn | None = None) -> StageRe
     groups = [(key, g) for key, g in sims.groupby(["explanation_id", "simulator"]) if key not in done_keys]
     report = StageReport("score", planned=len(groups) + len(done_keys), skipped_done=len(done_keys))
     rows = []
+    expl = read_table(store, "explanations", EXPLANATIONS)
+    views = dict(zip(expl.explanation_id, expl.view, strict=True))
     for (eid, simulator), g in groups:
         layer, neuron = int(g.layer.iloc[0]), int(g.neuron.iloc[0])
+        view = views.get(eid, "current_token")
         truth = {
-            (k, r.excerpt_id): r.activations for k, r in scoring_records(load_neuron_record(store.root, layer, neuron))
+            (k, r.excerpt_id): apply_view(r, view).activations
+            for k, r in scoring_records(load_neuron_record(store.root, layer, neuron))
         }
         for scorer, kinds in SCORERS.items():
             sel = g[g.record_kind.isin(kinds)]

@@ -123,7 +123,11 @@ async def run_revise(
     explanations = read_table(store, "explanations", EXPLANATIONS)
     sims = read_table(store, "simulations", SIMULATIONS)
     sims = sims[(sims.split == "valid") & (sims.simulator == simulator_name)]
-    originals = explanations[(explanations["round"] == 1) & ~explanations.explainer.str.startswith("baseline:")]
+    originals = explanations[
+        (explanations["round"] == 1)
+        & ~explanations.explainer.str.startswith("baseline:")
+        & (explanations.view == "current_token")  # the revision prompts are written for this view
+    ]
     originals = originals[originals.explanation_id.isin(set(sims.explanation_id))]
     if neurons is not None:
         originals = originals[[(a, b) in neurons for a, b in zip(originals.layer, originals.neuron, strict=True)]]
@@ -243,6 +247,7 @@ async def run_revise(
                         "explanation": text,
                         "explainer": unit["explainer"],
                         "prompt_version": f"revision/{arm}",
+                        "view": "current_token",
                         "sample_idx": int(unit["sample_idx"]),
                         "round": 2,
                         "params_hash": unit["params_hash"],

@@ -35,6 +35,8 @@ class SimulatorTemplate:
     version: str
     intro: str
     examples: tuple[FewShotSimulation, ...]
+    view: str = "current_token"
+    """How activations pair with tokens (neuron_explainer/records/views.py); set in the .md front matter."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class ExplainerTemplate:
     """The model continues this sentence (prefilled where the back end supports it)."""
     explanation_prefix: str = ""
     """Prepended to the model's continuation to make the stored explanation a noun phrase."""
+    view: str = "current_token"
+    """How activations pair with tokens (neuron_explainer/records/views.py)."""
 
 
 def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
@@ -84,6 +88,21 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the front matter must be a mapping")
     return data, body.strip()
+
+
+def _check_meta(path: Path, meta: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(meta) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown front-matter keys {sorted(unknown)}")
+
+
+def _view(path: Path, meta: dict[str, Any]) -> str:
+    from neuron_explainer.records.views import VIEWS
+
+    view = str(meta.get("view", "current_token"))
+    if view not in VIEWS:
+        raise ConfigError(f"{path}: view must be one of {VIEWS}, got {view!r}")
+    return view
 
 
 def _read(path: Path) -> str:
@@ -116,8 +135,10 @@ def load_simulator_template(prompts_dir: str | None = None, version: str = "v1")
     for ex in _yaml(fewshot):
         tokens, levels = _levels(fewshot, ex["tokens"], ex["levels"])
         examples.append(FewShotSimulation(ex["explanation"], tokens, levels, int(ex.get("unknown_until", 0))))
-    intro = _read(root / "simulator" / f"all_at_once_{version}.md")
-    return SimulatorTemplate(f"simulator/all_at_once_{version}", intro, tuple(examples))
+    md = root / "simulator" / f"all_at_once_{version}.md"
+    meta, intro = _front_matter(md, _read(md))
+    _check_meta(md, meta, {"view"})
+    return SimulatorTemplate(f"simulator/all_at_once_{version}", intro, tuple(examples), view=_view(md, meta))
 
 
 @cache
@@ -130,9 +151,7 @@ def load_explainer_template(prompts_dir: str | None = None, version: str = "v1")
     root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
     md = root / "explainer" / f"{version}.md"
     meta, intro = _front_matter(md, _read(md))
-    unknown = set(meta) - {"style", "answer_prefix", "explanation_prefix"}
-    if unknown:
-        raise ConfigError(f"{md}: unknown front-matter keys {sorted(unknown)}")
+    _check_meta(md, meta, {"style", "answer_prefix", "explanation_prefix", "view"})
     style = meta.get("style", "token_activations")
     if style not in EXPLAINER_STYLES:
         raise ConfigError(f"{md}: style must be one of {EXPLAINER_STYLES}, got {style!r}")
@@ -148,4 +167,5 @@ def load_explainer_template(prompts_dir: str | None = None, version: str = "v1")
         style=style,
         answer_prefix=str(meta.get("answer_prefix", ExplainerTemplate.answer_prefix)),
         explanation_prefix=str(meta.get("explanation_prefix", "")),
+        view=_view(md, meta),
     )

@@ -71,6 +71,7 @@ EXPLANATIONS = pa.schema(
         pa.field("explanation", pa.string(), nullable=False),
         pa.field("explainer", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("view", pa.string(), nullable=False),
         pa.field("sample_idx", pa.int16(), nullable=False),
         pa.field("round", pa.int16(), nullable=False),
         pa.field("params_hash", pa.string(), nullable=False),

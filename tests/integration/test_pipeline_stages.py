@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from neuron_explainer.activations.driver import HarvestRun
+from neuron_explainer.errors import ConfigError
 from neuron_explainer.llm.base import CapabilityError
 from neuron_explainer.llm.fake import FakeBackend
 from neuron_explainer.pipeline import (
@@ -24,6 +25,7 @@ from neuron_explainer.prompts.templates import load_explainer_template, load_sim
 from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.schema import EXPLANATIONS, FAILURES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
+from neuron_explainer.records.views import apply_view
 from tests.integration.test_harvest_reference import harvest_cfg
 
 NEURONS = [(0, 1), (0, 2), (1, 5)]
@@ -36,7 +38,7 @@ def run(tiny_model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path) -> 
     return RunStore(tmp_path / "run")
 
 
-def truth_oracle(store: RunStore, exact: bool = False):
+def truth_oracle(store: RunStore, exact: bool = False, view: str = "current_token"):
     """Fake simulator: at each target slot, all mass on the true 0-10 level of that token.
 
     With `exact`, the expected value is instead an exact linear function of the true activation (mass
@@ -47,8 +49,8 @@ def truth_oracle(store: RunStore, exact: bool = False):
     explanations = read_table(store, "explanations", EXPLANATIONS)
     for row in explanations.itertuples():
         record = load_neuron_record(store.root, row.layer, row.neuron)
-        recs = scoring_records(record) + scoring_records(record, "calibration")
-        top = max(max(r.activations) for _, r in scoring_records(record))
+        recs = [(k, apply_view(r, view)) for k, r in scoring_records(record) + scoring_records(record, "calibration")]
+        top = max(max(r.activations) for _, r in recs)
         lo = min(min(r.activations) for _, r in recs)
         hi = max(max(r.activations) for _, r in recs)
         for _, r in recs:
@@ -266,3 +268,32 @@ def test_revise_stage_records_an_unusable_sentence_list(run: RunStore, tiny_mode
     report = asyncio.run(run_revise(*args, load_revision_templates(), max_level=10))
     assert report.failed == 1 and "test sentence" in report.failures[0]
     assert (read_table(run, "failures", FAILURES).stage == "revise").sum() == 1
+
+
+def test_next_token_view_end_to_end(run: RunStore) -> None:
+    """Explained and simulated in the next-token view, scored against activations one position earlier."""
+    template = load_explainer_template(version="next_token_v1")
+    assert template.view == "next_token"
+    explainer = FakeBackend(completions=(" places where a noun comes next.",))
+    asyncio.run(run_explain(run, NEURONS[:1], explainer, template))
+    shown = explainer.calls[0][1][0][-1].content  # the target's rows: the first token is dropped
+    record = load_neuron_record(run.root, *NEURONS[0])
+    first_train = record.most_positive_activation_records[0]
+    assert "".join(first_train.tokens[1:6]).strip().split()[0] in shown
+    expl = read_table(run, "explanations", EXPLANATIONS)
+    assert list(expl.view) == ["next_token"]
+    oracle = truth_oracle(run, view="next_token")
+    with pytest.raises(ConfigError, match="next_token"):
+        asyncio.run(run_simulate(run, FakeBackend(oracle=oracle), load_simulator_template(), max_level=10))
+    next_tpl = load_simulator_template(version="next_token_v1")
+    report = asyncio.run(
+        run_simulate(
+            run, FakeBackend(oracle=oracle), load_simulator_template(), max_level=10, next_token_template=next_tpl
+        )
+    )
+    assert report.completed == 1
+    sims = read_table(run, "simulations", SIMULATIONS)
+    assert all(len(v) == 15 for v in sims.expected_values)  # 16-token excerpts, one pair fewer
+    run_score(run)
+    summary = score_summary(run)
+    assert summary.top_and_random.iloc[0] > 0.95  # scored against the shifted truth

@@ -104,3 +104,14 @@ def test_template_front_matter_is_checked(tmp_path) -> None:
     (tmp_path / "explainer" / "y.md").write_text("---\ncolour: red\n---\nhi")
     with pytest.raises(ConfigError, match="unknown front-matter"):
         load_explainer_template(str(tmp_path), "y")
+
+
+def test_golden_next_token_prompts(golden) -> None:
+    from neuron_explainer.prompts.templates import load_simulator_template
+    from neuron_explainer.simulate.parse import build_all_at_once_prompt
+
+    template = load_explainer_template(version="next_token_v1")
+    golden("explainer_next_token_v1", render(build_explainer_messages(template, RECORDS)))
+    sim = load_simulator_template(version="next_token_v1")
+    assert sim.view == "next_token"
+    golden("simulator_all_at_once_next_token_v1", build_all_at_once_prompt(sim, "a noun next", [" The", " cat"]).text)
