@@ -58,9 +58,29 @@ def _highlight_block(excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) ->
     return "\n".join(f"{n}. {line}" for n, line in enumerate(lines, 1))
 
 
+TOP_TOKENS_LISTED = 12
+
+
+def _top_tokens_block(excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    """The tokens at level HIGHLIGHT_MIN_LEVEL or above (and each excerpt's strongest), most frequent first."""
+    counts: dict[str, list[int]] = {}
+    for tokens, levels in excerpts:
+        if not any(levels):
+            continue
+        strongest = max(range(len(levels)), key=lambda i: (levels[i], -i))
+        for i, (token, level) in enumerate(zip(tokens, levels, strict=True)):
+            if level >= HIGHLIGHT_MIN_LEVEL or i == strongest:
+                key = token.strip() or repr(token)
+                counts.setdefault(key, []).append(level)
+    ranked = sorted(counts.items(), key=lambda kv: (-len(kv[1]), -max(kv[1]), kv[0]))[:TOP_TOKENS_LISTED]
+    return "\n".join(f"{tok} ({len(lv)} time{'s' if len(lv) > 1 else ''})" for tok, lv in ranked)
+
+
 def _evidence(template: ExplainerTemplate, excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
     if template.style == "highlights":
         return _highlight_block(excerpts)
+    if template.style == "top_tokens":
+        return _top_tokens_block(excerpts)
     return _excerpt_block(excerpts)
 
 

@@ -55,7 +55,7 @@ class FewShotExplanation:
     excerpts: tuple[FewShotExcerpt, ...]
 
 
-EXPLAINER_STYLES = ("token_activations", "highlights")
+EXPLAINER_STYLES = ("token_activations", "highlights", "top_tokens")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class ExplainerTemplate:
 
     `token_activations` (the paper's format) lists every token with its 0-10 activation. `highlights`
     shows a short context before each excerpt's strongest token, marked [[like this]]: tiny local models
-    copy the few-shot answers of the long format, but can summarise a list of marked words.
+    copy the few-shot answers of the long format, but can summarise a list of marked words. `top_tokens`
+    (the token-space baseline) lists only the most active tokens with their counts, no context.
     """
 
     version: str

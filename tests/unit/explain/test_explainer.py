@@ -115,3 +115,14 @@ def test_golden_next_token_prompts(golden) -> None:
     sim = load_simulator_template(version="next_token_v1")
     assert sim.view == "next_token"
     golden("simulator_all_at_once_next_token_v1", build_all_at_once_prompt(sim, "a noun next", [" The", " cat"]).text)
+
+
+def test_golden_top_tokens_prompt(golden) -> None:
+    template = load_explainer_template(version="tokens_v1")
+    records = [
+        *RECORDS,
+        ActivationRecord(tokens=[" cat", " and", " cat", " dog"], activations=[2.0, 0.0, 1.9, 1.2]),
+    ]
+    text = render(build_explainer_messages(template, records))
+    golden("explainer_tokens_v1", text)
+    assert "cat (3 times)" in text  # counted over excerpts, most frequent first
