@@ -78,6 +78,26 @@ def run_ablate(
     done_keys = set(zip(done.explanation_id, done.simulator, strict=True))
     report = StageReport("ablate")
     units, fails = [], []
+    # explanations of the selected neurons that were never simulated: say so, do not skip them silently
+    wanted = expl[~expl.explainer.str.startswith("baseline:")]
+    if neurons is not None:
+        wanted = wanted[[(a, b) in neurons for a, b in zip(wanted.layer, wanted.neuron, strict=True)]]
+    for row in wanted[~wanted.explanation_id.isin(set(sims.explanation_id))].itertuples():
+        report.planned += 1
+        report.failed += 1
+        message = f"explanation {row.explanation_id} has no simulation to ablate: run `simulate` first"
+        report.failures.append(f"{row.layer}:{row.neuron} missing: {message}")
+        fails.append(
+            {
+                "stage": "ablate",
+                "layer": int(row.layer),
+                "neuron": int(row.neuron),
+                "explanation_id": row.explanation_id,
+                "kind": "missing",
+                "message": message,
+                "raw": None,
+            }
+        )
     for (eid, simulator), g in sims.groupby(["explanation_id", "simulator"], sort=True):
         report.planned += 1
         if (eid, simulator) in done_keys:

@@ -156,6 +156,10 @@ def test_ablation_without_calibration_is_a_recorded_failure(run: RunStore, tiny_
     assert report.completed == 0 and report.failed == 1 and "without calibration" in report.failures[0]
     failures = read_table(run, "failures", FAILURES)
     assert (failures.stage == "ablate").sum() == 1
+    # an explanation that was never simulated is a named failure too, not a silent skip
+    asyncio.run(run_explain(run, NEURONS[1:2], FakeBackend(completions=("z w",)), load_explainer_template()))
+    report = run_ablate(run, subject.model, ActivationSource(subject.model, subject.hook_point), bos_token_id=None)
+    assert report.failed == 2 and any("no simulation to ablate: run `simulate` first" in f for f in report.failures)
 
 
 def test_baselines_stage_is_stored_scored_and_resumable(tiny_model_dirs, corpus_file, tmp_path) -> None:
