@@ -17,6 +17,7 @@ from neuron_explainer.cli_stages import (
     do_ablate,
     do_baselines,
     do_explain,
+    do_puzzles,
     do_revise,
     do_score,
     do_simulate,
@@ -323,6 +324,39 @@ def score_cmd(run_dir: RunOpt = None, config: ConfigOpt = None, overrides: SetOp
         cfg = _stage_config(config, overrides, run_dir, None, {})
         do_score(cfg)
         print_scores(cfg)
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command("puzzles")
+def puzzles_cmd(
+    explainer: Annotated[
+        str | None, typer.Option(help="Back-end spec, or a baseline: top_tokens, lookup (default: explain.explainer).")
+    ] = None,
+    simulator: Annotated[str | None, typer.Option(help="Back-end spec (default: simulate.simulator).")] = None,
+    puzzles: Annotated[str | None, typer.Option(help="Puzzle file (default: puzzles/puzzles_v1.yaml).")] = None,
+    revise: Annotated[bool, typer.Option("--revise", help="Also judge one revision round.")] = False,
+    judge: Annotated[str | None, typer.Option(help="Back-end spec of an LLM judge (optional).")] = None,
+    out_dir: Annotated[str, typer.Option("--out", help="Results directory.")] = "runs/puzzles",
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Puzzle benchmarks: does the scorer rank the true explanation first; does the explainer find it."""
+    _setup_logging(False)
+    try:
+        sets = [f"out={out_dir}"] + list(overrides or [])
+        if simulator:
+            sets.append(f"simulate.simulator={simulator}")
+        cfg = load_config(config, sets)
+        do_puzzles(
+            cfg,
+            Backends(cfg),
+            puzzles_file=puzzles,
+            out_dir=out_dir,
+            explainer=explainer or cfg.explain.explainer,
+            revise=revise,
+            judge=judge,
+        )
     except NeuronExplainerError as e:
         _fail(e)
 

@@ -5,6 +5,7 @@ Part of the CLI layer (the only layer that prints); cli.py holds the typer comma
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -313,3 +314,68 @@ def print_scores(cfg: RunConfig) -> None:
             cells += [fmt(row.ablation_top_and_random), fmt(row.ablation_random_only)]
         table.add_row(*cells)
     out.print(table)
+
+
+def do_puzzles(
+    cfg: RunConfig,
+    backends: Backends,
+    *,
+    puzzles_file: str | None,
+    out_dir: str,
+    explainer: str,
+    revise: bool,
+    judge: str | None,
+) -> dict[str, Any]:
+    """Run the scorer and explainer puzzle benchmarks, write the results, print the summary."""
+    import asyncio
+
+    from neuron_explainer.explain.revision import load_revision_templates
+    from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
+    from neuron_explainer.puzzles.bench import (
+        BASELINE_EXPLAINERS,
+        ExplainerSetup,
+        Simulator,
+        explainer_benchmark,
+        scorer_benchmark,
+        summarize,
+        write_results,
+    )
+    from neuron_explainer.puzzles.puzzle import load_puzzles
+
+    puzzles = load_puzzles(puzzles_file)
+    s, e = cfg.simulate, cfg.explain
+    sim = Simulator(
+        backends.get(s.simulator),
+        load_simulator_template(cfg.prompts_dir, s.prompt_version),
+        method=s.method,
+        max_level=s.max_level,
+        top_k=s.top_k,
+    )
+    setup = ExplainerSetup(explainer, temperature=e.temperature, max_tokens=e.max_tokens, seed=e.seed)
+    if explainer not in BASELINE_EXPLAINERS:
+        setup.backend = backends.get(explainer)
+        setup.template = load_explainer_template(cfg.prompts_dir, e.prompt_version)
+        setup.revision = load_revision_templates(cfg.prompts_dir, cfg.revise.prompt_version)
+    if judge:
+        setup.judge = backends.get(judge)
+    console.print(f"{len(puzzles)} puzzles; simulator {s.simulator}; explainer {explainer}", highlight=False)
+
+    async def both() -> tuple[list[dict], list[dict]]:
+        scorer = await scorer_benchmark(puzzles, sim)
+        console.print("scorer benchmark done", highlight=False)
+        explained = await explainer_benchmark(puzzles, sim, setup, revise=revise and setup.backend is not None)
+        return scorer, explained
+
+    scorer_rows, explainer_rows = asyncio.run(both())
+    summary = summarize(scorer_rows, explainer_rows)
+    meta = {
+        "puzzle_file": str(puzzles_file or "puzzles/puzzles_v1.yaml"),
+        "simulator": s.simulator,
+        "explainer": explainer,
+        "explainer_prompt": e.prompt_version if setup.backend is not None else "baseline",
+        "judge": judge or "none",
+    }
+    write_results(out_dir, scorer_rows, explainer_rows, summary, meta)
+    out.print((Path(out_dir) / "report.md").read_text().split("| puzzle |")[0].strip(), highlight=False)
+    out.print(f"results in {out_dir} (scorer/explainer .json and .parquet, summary.json, report.md)")
+    return summary

@@ -111,6 +111,16 @@ _SCAFFOLD = ("<start>", "<end>", "non-zero tokens", "excerpt 1", "activations")
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9\])\"'])\.(?:\s|$)")
 
 
+def _unwrap(phrase: str) -> str:
+    """Remove markdown emphasis and quotes that wrap the whole phrase, never a quote that closes a word in it."""
+    phrase = phrase.strip().strip("*`").strip()
+    while len(phrase) >= 2 and phrase[0] == phrase[-1] and phrase[0] in "\"'":
+        phrase = phrase[1:-1].strip()
+    if phrase.count('"') % 2 and phrase.startswith('"'):  # an opening quote left without its closing one
+        phrase = phrase[1:].strip()
+    return phrase
+
+
 def parse_explanation(
     text: str, few_shot: Sequence[str] = (), *, answer_prefix: str = ANSWER_PREFIX, explanation_prefix: str = ""
 ) -> str:
@@ -129,7 +139,7 @@ def parse_explanation(
     if first.lower().startswith(answer_prefix.lower()):
         first = first[len(answer_prefix) :]
     first = _SENTENCE_END.split(first, maxsplit=1)[0]
-    phrase = _PREFIX.sub("", first).replace("[[", "").replace("]]", "").strip().strip("\"'`*").strip()
+    phrase = _unwrap(_PREFIX.sub("", first).replace("[[", "").replace("]]", "").strip())
     phrase = phrase.rstrip(".").strip()
     if not phrase or not any(ch.isalpha() for ch in phrase):
         raise ExplanationParseError(f"no explanation in the explainer's output {text[:80]!r}")

@@ -126,3 +126,9 @@ def test_golden_top_tokens_prompt(golden) -> None:
     text = render(build_explainer_messages(template, records))
     golden("explainer_tokens_v1", text)
     assert "cat (3 times)" in text  # counted over excerpts, most frequent first
+
+
+def test_quotes_inside_an_explanation_survive() -> None:
+    assert parse_explanation(' verbs negated by "not" or "never".') == 'verbs negated by "not" or "never"'
+    assert parse_explanation(' "small pets"') == "small pets"
+    assert parse_explanation(' **the word "rain"**') == 'the word "rain"'

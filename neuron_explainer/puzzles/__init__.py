@@ -1,0 +1,1 @@
+"""Neuron puzzles: synthetic neurons with known explanations, and the benchmarks that use them."""
