@@ -337,6 +337,9 @@ def puzzles_cmd(
     puzzles: Annotated[str | None, typer.Option(help="Puzzle file (default: puzzles/puzzles_v1.yaml).")] = None,
     revise: Annotated[bool, typer.Option("--revise", help="Also judge one revision round.")] = False,
     judge: Annotated[str | None, typer.Option(help="Back-end spec of an LLM judge (optional).")] = None,
+    baselines: Annotated[
+        bool, typer.Option("--baselines", help="Also run the top_tokens and lookup baseline explainers.")
+    ] = False,
     out_dir: Annotated[str, typer.Option("--out", help="Results directory.")] = "runs/puzzles",
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -356,6 +359,54 @@ def puzzles_cmd(
             explainer=explainer or cfg.explain.explainer,
             revise=revise,
             judge=judge,
+            baselines=baselines,
+        )
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[str, typer.Option("--run", help="Run directory.")],
+    out_dir: Annotated[str, typer.Option("--out", help="New dataset directory.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="parquet (the dataset) or openai (OpenAI's JSON layout).")
+    ] = "parquet",
+) -> None:
+    """Export a run: a self-describing Parquet dataset with a card and JSON Schemas, or OpenAI's JSON format."""
+    _setup_logging(False)
+    try:
+        if fmt == "parquet":
+            from neuron_explainer.export.dataset import export_dataset
+
+            counts = export_dataset(run_dir, out_dir)
+            console.print(", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" rows -> {out_dir}", highlight=False)
+        elif fmt == "openai":
+            from neuron_explainer.export.openai_format import export_openai
+
+            n_records, n_files = export_openai(run_dir, out_dir)
+            console.print(f"{n_records} neuron records, {n_files} explanation files -> {out_dir}", highlight=False)
+        else:
+            raise ConfigError(f"--format must be parquet or openai, got {fmt!r}")
+    except NeuronExplainerError as e:
+        _fail(e)
+
+
+@app.command("import-openai")
+def import_openai_cmd(
+    src: Annotated[str, typer.Argument(help="Directory holding collated-activations/ (and explanations/).")],
+    out_dir: Annotated[str, typer.Option("--out", help="New run directory.")],
+) -> None:
+    """Import OpenAI's published neuron records and explanations into a run our stages read."""
+    _setup_logging(False)
+    try:
+        from neuron_explainer.export.openai_format import import_openai
+
+        counts = import_openai(src, out_dir)
+        console.print(
+            f"imported {counts['neurons']} neurons, {counts['excerpts']} distinct excerpts, "
+            f"{counts['explanations']} explanations -> {out_dir}",
+            highlight=False,
         )
     except NeuronExplainerError as e:
         _fail(e)

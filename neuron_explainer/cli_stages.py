@@ -325,6 +325,7 @@ def do_puzzles(
     explainer: str,
     revise: bool,
     judge: str | None,
+    baselines: bool = False,
 ) -> dict[str, Any]:
     """Run the scorer and explainer puzzle benchmarks, write the results, print the summary."""
     import asyncio
@@ -364,6 +365,8 @@ def do_puzzles(
         scorer = await scorer_benchmark(puzzles, sim)
         console.print("scorer benchmark done", highlight=False)
         explained = await explainer_benchmark(puzzles, sim, setup, revise=revise and setup.backend is not None)
+        for name in BASELINE_EXPLAINERS if baselines and explainer not in BASELINE_EXPLAINERS else ():
+            explained += await explainer_benchmark(puzzles, sim, ExplainerSetup(name), revise=False)
         return scorer, explained
 
     scorer_rows, explainer_rows = asyncio.run(both())

@@ -211,10 +211,10 @@ def summarize(scorer_rows: Sequence[dict], explainer_rows: Sequence[dict]) -> di
         "scorer_top1": sum(r["rank"] == 1 and r["score"] is not None for r in true),
         "scorer_top2": sum(r["rank"] <= 2 and r["score"] is not None for r in true),
     }
-    for round_name in sorted({r["round"] for r in explainer_rows}):
-        rs = [r for r in explainer_rows if r["round"] == round_name]
-        out[f"explainer_solved_{round_name}"] = sum(r["solved"] for r in rs)
-        out[f"explainer_failed_{round_name}"] = sum(r["failure"] is not None for r in rs)
+    for name, round_name in dict.fromkeys((r["explainer"], r["round"]) for r in explainer_rows):
+        rs = [r for r in explainer_rows if r["explainer"] == name and r["round"] == round_name]
+        out[f"solved[{name}, {round_name}]"] = sum(r["solved"] for r in rs)
+        out[f"failed[{name}, {round_name}]"] = sum(r["failure"] is not None for r in rs)
     return out
 
 
@@ -243,10 +243,10 @@ def write_results(out_dir: str, scorer_rows: list[dict], explainer_rows: list[di
         "",
     ]
     for key, value in summary.items():
-        if key.startswith("explainer_solved_"):
-            round_name = key.removeprefix("explainer_solved_")
-            failed = summary.get(f"explainer_failed_{round_name}", 0)
-            lines.append(f"Explainer ({round_name}): {value} / {n} solved ({failed} failed to produce an explanation).")
+        if key.startswith("solved["):
+            which = key.removeprefix("solved[").removesuffix("]")
+            failed = summary.get(f"failed[{which}]", 0)
+            lines.append(f"Explainer {which}: {value} / {n} solved ({failed} produced no explanation).")
     lines += ["", "| puzzle | true rank | true score | best false candidate |", "|---|---|---|---|"]
     for p in dict.fromkeys(r["puzzle"] for r in scorer_rows):
         rows = [r for r in scorer_rows if r["puzzle"] == p]

@@ -101,8 +101,8 @@ def test_benchmarks_with_a_perfect_scorer_and_a_perfect_explainer(tmp_path: Path
     base = asyncio.run(explainer_benchmark(puzzles, sim, ExplainerSetup("top_tokens"), revise=False))
     assert not any(r["solved"] for r in base) and all(r["score"] is None for r in base)
     summary = summarize(scorer_rows, rows)
-    assert summary == {"puzzles": 4, "scorer_top1": 4, "scorer_top2": 4, "explainer_solved_original": 4,
-                       "explainer_failed_original": 0}  # fmt: skip
+    assert summary == {"puzzles": 4, "scorer_top1": 4, "scorer_top2": 4, "solved[fake, original]": 4,
+                       "failed[fake, original]": 0}  # fmt: skip
     write_results(str(tmp_path), scorer_rows, rows, summary, {"simulator": "fake"})
     assert "ranks first in 4 / 4" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "scorer.parquet").exists() and (tmp_path / "explainer.json").exists()

@@ -1,0 +1,1 @@
+"""Exports: a publishable Parquet dataset, and OpenAI's neuron-explainer JSON format (both ways)."""
