@@ -23,6 +23,7 @@ from neuron_explainer.cli_stages import (
     do_simulate,
     out,
     print_scores,
+    stage_view,
 )
 from neuron_explainer.config import RunConfig, load_config
 from neuron_explainer.errors import ConfigError, NeuronExplainerError
@@ -291,7 +292,8 @@ def explain_cmd(
         cfg = _stage_config(
             config, overrides, run_dir, neurons, {"explain.explainer": explainer, "explain.n_samples": n_samples}
         )
-        do_explain(cfg, Backends(cfg))
+        with stage_view():
+            do_explain(cfg, Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -311,7 +313,8 @@ def simulate_cmd(
         cfg = _stage_config(
             config, overrides, run_dir, neurons, {"simulate.simulator": simulator, "simulate.method": method}
         )
-        do_simulate(cfg, Backends(cfg))
+        with stage_view():
+            do_simulate(cfg, Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -423,7 +426,8 @@ def revise_cmd(
     _setup_logging(False)
     try:
         cfg = _stage_config(config, overrides, run_dir, neurons, {})
-        do_revise(cfg, Backends(cfg))
+        with stage_view():
+            do_revise(cfg, Backends(cfg))
     except NeuronExplainerError as e:
         _fail(e)
 
@@ -467,12 +471,23 @@ def run(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Delete existing outputs made with another config.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (calls, tokens, time, storage, cost) and stop.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the pipeline from a config: harvest, then explain, simulate and score the selected neurons."""
+    """Run the pipeline from a config: harvest, then explain, simulate and score the selected neurons.
+
+    Revision, baselines and ablation run too when enabled in the config. Every stage resumes per unit.
+    """
     _setup_logging(verbose)
     try:
         cfg = load_config(config, overrides)
+        if dry_run:
+            from neuron_explainer.plan import format_plan, make_plan, model_shape
+
+            out.print(format_plan(cfg, make_plan(cfg, *model_shape(cfg))), highlight=False)
+            return
         manifest = _do_harvest(cfg, force)
         if cfg.show_neurons:
             out.print(
@@ -482,17 +497,25 @@ def run(
             )
             _show(cfg.out, _pick_neurons(cfg.out, manifest, cfg.show_neurons), 3)
         if cfg.neurons:
-            backends = Backends(cfg)
-            do_explain(cfg, backends)
-            do_simulate(cfg, backends)
-            if cfg.revise.enabled:
-                do_revise(cfg, backends)
-            if cfg.baselines.enabled:
-                do_baselines(cfg)
-            do_score(cfg)
-            if cfg.ablate.enabled:
-                do_ablate(cfg)
+            with stage_view() as view:
+                backends = Backends(cfg)
+                do_explain(cfg, backends)
+                do_simulate(cfg, backends)
+                if cfg.revise.enabled:
+                    do_revise(cfg, backends)
+                if cfg.baselines.enabled:
+                    do_baselines(cfg)
+                do_score(cfg)
+                if cfg.ablate.enabled:
+                    do_ablate(cfg)
             print_scores(cfg)
+            prompt, completion = view.tokens()
+            cost = view.cost(cfg.prices, backends.built)
+            console.print(
+                f"LLM tokens this run: {prompt:,} prompt + {completion:,} completion"
+                + (f"; cost ${cost:,.4f} at the configured prices" if cost is not None else ""),
+                highlight=False,
+            )
     except NeuronExplainerError as e:
         _fail(e)
 

@@ -177,6 +177,27 @@ class BaselinesConfig(_Config):
     """Held-out excerpts per forward. Non-semantic."""
 
 
+class ModelShape(_Config):
+    """Layers and MLP neurons per layer, for planning a model whose config is not available offline."""
+
+    n_layers: int = Field(ge=1)
+    n_neurons: int = Field(ge=1)
+
+
+class PlanConfig(_Config):
+    """Throughput assumptions of `run --dry-run` (set them from a measured pilot run)."""
+
+    harvest_tokens_per_second: float = Field(default=600.0, gt=0)
+    llm_calls_per_second: float = Field(default=1.0, gt=0)
+
+
+class PriceConfig(_Config):
+    """What one back end costs, in USD per million tokens."""
+
+    prompt: float = Field(ge=0)
+    completion: float = Field(ge=0)
+
+
 class RunConfig(_Config):
     """One run: where it writes and each stage's settings."""
 
@@ -201,6 +222,13 @@ class RunConfig(_Config):
     """LLM requests in flight at once. Non-semantic."""
     prompts_dir: str | None = None
     """Directory of prompt templates (None: the repository's prompts/)."""
+    failure_budget: float = Field(default=0.1, ge=0)
+    """Failed units a stage may have before the run stops: a fraction of its units below 1, a count from 1."""
+    prices: dict[str, PriceConfig] = {}
+    model_shape: ModelShape | None = None
+    """The subject model's shape, used by `--dry-run` only when its config cannot be read offline."""
+    plan: PlanConfig = PlanConfig()
+    """Back-end spec -> price, to report the cost of a run (unpriced back ends are reported as tokens only)."""
     llm_cache: bool = True
     """Cache LLM responses in <out>/cache/llm.sqlite (sampled explanations replay exactly on rerun)."""
     cache_logprobs: bool = False

@@ -35,6 +35,8 @@ class FakeBackend:
     supports_prefill: bool = False
     """Pretend a trailing assistant message is continued (as the local back end does)."""
     calls: list[tuple[str, object]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    """Tokens sent and received, by the fake tokeniser's count."""
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -48,7 +50,10 @@ class FakeBackend:
         """Return the next `params.n` scripted completions (cycling)."""
         start = sum(payload[1].n for method, payload in self.calls if method == "generate")  # samples so far
         self.calls.append(("generate", (tuple(messages), params)))
-        return [self.completions[(start + i) % len(self.completions)] for i in range(params.n)]
+        out = [self.completions[(start + i) % len(self.completions)] for i in range(params.n)]
+        self.usage["prompt_tokens"] += sum(len(fake_tokenize(m.content)) for m in messages)
+        self.usage["completion_tokens"] += sum(len(fake_tokenize(o)) for o in out)
+        return out
 
     async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Tokenise with `fake_tokenize` and ask the oracle for each position."""
@@ -56,7 +61,23 @@ class FakeBackend:
             raise CapabilityError("this fake back end has no logprob oracle")
         self.calls.append(("prompt_logprobs", prompt))
         tokens = fake_tokenize(prompt)
+        self.usage["prompt_tokens"] += len(tokens)
         return [TokenLogprobs(tok, off, self.oracle(prompt, tokens, i)[:top_k]) for i, (tok, off) in enumerate(tokens)]
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+def hashed_oracle(prompt: str, tokens: list[tuple[str, int]], i: int) -> tuple[tuple[str, float], ...]:
+    """A deterministic stand-in simulator for whole-pipeline tests.
+
+    After a tab: a level 0-9 derived from a hash of the row's token (the same token always gets the same
+    level) and a second label; elsewhere a non-label.
+    """
+    import hashlib
+
+    if tokens[i][0] != "\t" or i == 0:
+        return (("x", 0.0),)
+    row_token = tokens[i - 1][0]
+    level = hashlib.sha256(row_token.encode()).digest()[0] % 10
+    return ((str(level), -0.2), (str((level + 3) % 10), -1.8))

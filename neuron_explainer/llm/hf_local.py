@@ -64,6 +64,8 @@ class LocalBackend:
         """Prompts whose cached-prefix continuation failed and were recomputed in full."""
         self.forward_tokens = 0
         """Tokens run through the model by prompt_logprobs (prefix reuse lowers it)."""
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        """Prompt tokens sent (generation and prompt logprobs) and tokens generated."""
 
     @classmethod
     def load(cls, spec: str, *, device: str = "cpu", dtype: str = "float32", **kwargs: Any) -> LocalBackend:
@@ -117,6 +119,10 @@ class LocalBackend:
             with torch.no_grad():
                 out = self.module.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         texts = [tok.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
+        self.usage["prompt_tokens"] += int(ids.shape[1])
+        pad = kwargs["pad_token_id"]
+        new_tokens = [row[ids.shape[1] :] for row in out]
+        self.usage["completion_tokens"] += sum(len(r) if pad is None else int((r != pad).sum()) for r in new_tokens)
         return [_cut_at_stop(t, params.stop) for t in texts]
 
     async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
@@ -195,6 +201,7 @@ class LocalBackend:
     def _prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         enc = self.tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
         ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+        self.usage["prompt_tokens"] += len(ids)
         with self._lock:
             values, indices = self._forward_top(ids, top_k, self._single_token_ids(include))
         result = []

@@ -215,6 +215,8 @@ class OpenAICompatBackend:
         self.max_wait = max_wait
         self.requests = 0
         """HTTP requests sent, retries included."""
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        """Tokens as the server's `usage` reports them (successful responses only)."""
 
     async def _call(self, fn: Any, **body: Any) -> Any:
         import openai
@@ -231,7 +233,12 @@ class OpenAICompatBackend:
                 async for attempt in retrying:
                     with attempt:
                         self.requests += 1
-                        return await fn(**body)
+                        resp = await fn(**body)
+                        usage = getattr(resp, "usage", None)
+                        if usage is not None:
+                            self.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+                            self.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
+                        return resp
         except openai.AuthenticationError as e:
             raise BackendError(f"{self.base_url} refused the API key (HTTP 401): set ${self.api_key_env}") from e
         except openai.APIStatusError as e:

@@ -2,7 +2,7 @@
 
 Specs: `local:<model>` (hub id, directory, .gguf file or builtin:<name>), `openai:<model>@<base-url>`
 (any OpenAI-compatible server; prompt logprobs by echo), `vllm:<model>@<base-url>` (a vLLM server; prompt
-logprobs by its `prompt_logprobs` extension), `fake` (tests and dry runs).
+logprobs by its `prompt_logprobs` extension), `fake` / `fake:oracle` (tests and dry runs).
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ def build_backend(
     """
     kind, _, rest = spec.partition(":")
     if kind == "fake":
-        from neuron_explainer.llm.fake import FakeBackend
+        from neuron_explainer.llm.fake import FakeBackend, hashed_oracle
 
-        return FakeBackend()
+        if rest not in ("", "oracle"):
+            raise ConfigError(f"fake back ends are `fake` (chat only) or `fake:oracle` (with logprobs), got {spec!r}")
+        # `fake:oracle` answers every prompt deterministically: for CLI tests and dry runs of whole pipelines
+        return FakeBackend(completions=(" tokens of this kind.",), oracle=hashed_oracle if rest else None)
     if kind == "local":
         if not rest:
             raise ConfigError("local back end needs a model: local:<hub id | dir | .gguf | builtin:name>")

@@ -90,14 +90,22 @@ def test_stage_commands_wire_up(tiny_model_dirs: dict[str, Path], corpus_file: P
     assert refused.exit_code != 0 and "needs prompt_logprobs" in " ".join(refused.output.split())
     # a chat-only back end can still simulate logprob-free; the fake's prose answer is a typed failure
     free = runner.invoke(app, ["simulate", "--run", str(out), "--simulator", "fake", "--method", "logprob_free"])
-    assert free.exit_code == 0 and "3 failed" in " ".join(free.output.split()), free.output
-    assert "no JSON array" in free.output
+    flat = " ".join(free.output.split())
+    assert "3 failed" in flat and "no JSON array" in free.output, free.output
+    # every unit failed: over the default failure budget (10 %), so the command stops with an error
+    assert free.exit_code != 0 and "over the failure budget" in flat
+    budget = runner.invoke(
+        app,
+        ["simulate", "--run", str(out), "--simulator", "fake", "--method", "logprob_free", "--set", "failure_budget=3"],
+    )
+    assert budget.exit_code == 0, budget.output  # a budget of 3 failed units tolerates them
     bad = runner.invoke(app, ["explain", "--run", str(out), "--neurons", "zero", "--explainer", "fake"])
     assert bad.exit_code != 0 and "neurons must look like" in bad.output
     scored = runner.invoke(app, ["score", "--run", str(out)])
     assert scored.exit_code == 0 and "explanation scores" in scored.output
     far = runner.invoke(app, ["ablate", "--run", str(out), "--neurons", "0:99999"])
     assert far.exit_code != 0 and "neuron 99999 out of range" in " ".join(far.output.split()), far.output
-    # every simulation failed above: nothing to ablate, and saying so is not an error
+    # every simulation failed above: each explanation is named as having no simulation, and the stage fails
     none = runner.invoke(app, ["ablate", "--run", str(out)])
-    assert none.exit_code == 0 and "ablate: 0 done" in " ".join(none.output.split()), none.output
+    flat = " ".join(none.output.split())
+    assert none.exit_code != 0 and "has no simulation to ablate: run `simulate` first" in flat, none.output
