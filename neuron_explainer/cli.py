@@ -486,7 +486,7 @@ def run(
         if dry_run:
             from neuron_explainer.plan import format_plan, make_plan, model_shape
 
-            out.print(format_plan(cfg, make_plan(cfg, *model_shape(cfg))), highlight=False)
+            out.print(format_plan(cfg, make_plan(cfg, *model_shape(cfg))), highlight=False, markup=False)
             return
         manifest = _do_harvest(cfg, force)
         if cfg.show_neurons:

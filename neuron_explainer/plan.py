@@ -61,10 +61,16 @@ def model_shape(cfg: RunConfig) -> tuple[int, int, str]:
     try:
         from transformers import AutoConfig
 
-        from neuron_explainer.activations.models import _resolve
+        from neuron_explainer.activations.models import _resolve, resolve_model
 
-        load_from, _, _ = _resolve(cfg.harvest.model, cfg.harvest.model_revision, "cpu")
-        c = AutoConfig.from_pretrained(load_from)
+        kind, _ = resolve_model(cfg.harvest.model)
+        if kind == "hub":  # only what is cached: a dry run never waits on the network
+            c = AutoConfig.from_pretrained(
+                cfg.harvest.model, revision=cfg.harvest.model_revision, local_files_only=True
+            )
+        else:
+            load_from, _, _ = _resolve(cfg.harvest.model, cfg.harvest.model_revision, "cpu")
+            c = AutoConfig.from_pretrained(load_from)
         layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None)
         hidden = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.n_embd
         from_config = (int(layers), int(hidden))
@@ -80,6 +86,17 @@ def model_shape(cfg: RunConfig) -> tuple[int, int, str]:
     raise ConfigError(
         f"cannot read the config of {cfg.harvest.model!r} offline: set model_shape: {{n_layers: ..., n_neurons: ...}}"
     )
+
+
+def duration(seconds: float) -> str:
+    """A readable duration: 45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _tokens(text: str) -> int:
@@ -192,7 +209,7 @@ def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
         f"model {cfg.harvest.model}: {plan.n_layers} layers x {plan.n_neurons:,} neurons ({plan.shape_source})",
         f"harvest: {cfg.harvest.n_excerpts:,} excerpts x {cfg.harvest.excerpt_len} tokens = {plan.harvest_tokens:,} "
         f"tokens; about {plan.harvest_bytes / 1e9:.2f} GB; "
-        f"about {plan.harvest_tokens / p.harvest_tokens_per_second / 3600:.1f} h "
+        f"about {duration(plan.harvest_tokens / p.harvest_tokens_per_second)} "
         f"at {p.harvest_tokens_per_second:,.0f} tokens/s",
         f"neurons to explain: {plan.selected:,}"
         + (f" (spec {cfg.neurons!r})" if cfg.neurons else " (none: harvest only)"),
@@ -204,7 +221,7 @@ def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
             f"~{st.prompt_tokens:,} prompt + ~{st.completion_tokens:,} completion tokens"
         )
         if st.calls:
-            line += f", about {st.calls / p.llm_calls_per_second / 3600:.1f} h at {p.llm_calls_per_second:g} calls/s"
+            line += f", about {duration(st.calls / p.llm_calls_per_second)} at {p.llm_calls_per_second:g} calls/s"
         price = cfg.prices.get(st.backend or "")
         if price is not None:
             cost = st.prompt_tokens * price.prompt / 1e6 + st.completion_tokens * price.completion / 1e6
