@@ -1,6 +1,7 @@
 """The ablate stage: ablation scores of simulated explanations, resumable, with the subject model in process.
 
-Units are (explanation, simulator) pairs whose simulation carries a calibration. Units of one layer are
+Units are (explanation, simulator) pairs of round-1 explanations (LLM or baseline; revision rounds are
+scored in revision_scores) whose simulation carries a calibration. Units of one layer are
 grouped so that the union of their scored excerpts stays under `max_excerpts`; each group costs one clean
 forward per distinct excerpt, then two replaced forwards (calibrated simulation, mean) per unit and
 excerpt. Each group's scores are written as a part file before the next group starts, so a crash loses at
@@ -73,6 +74,9 @@ def run_ablate(
     if neurons is not None:
         sims = sims[[(a, b) in neurons for a, b in zip(sims.layer, sims.neuron, strict=True)]]
     expl = read_table(store, "explanations", EXPLANATIONS)
+    # revision rounds are simulated on the valid split only (scored in revision_scores): not ablated
+    sims = sims[sims.explanation_id.isin(set(expl.explanation_id[expl["round"] == 1]))]
+    expl = expl[expl["round"] == 1]
     views = dict(zip(expl.explanation_id, expl.view, strict=True))
     done = read_table(store, "ablation_scores", ABLATION_SCORES)
     done_keys = set(zip(done.explanation_id, done.simulator, strict=True))
