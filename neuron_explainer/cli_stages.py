@@ -154,7 +154,8 @@ def _report(report: Any, cfg: RunConfig) -> None:
 
     Raises:
         FailureBudgetExceeded: more failed units than `cfg.failure_budget` (a fraction of the stage's
-            units below 1, a count from 1). What succeeded is stored; failures are retried on the next run.
+            units below 1, but at least one unit; a count from 1). What succeeded is stored; failures are
+            retried on the next run.
     """
     line = f"{report.stage}: {report.completed} done, {report.skipped_done} already done, {report.failed} failed"
     if VIEW is not None:
@@ -164,7 +165,8 @@ def _report(report: Any, cfg: RunConfig) -> None:
     for failure in report.failures[:10]:
         console.print(f"  [yellow]failure[/] {failure}", highlight=False)
     attempted = report.completed + report.failed
-    budget = cfg.failure_budget if cfg.failure_budget >= 1 else cfg.failure_budget * max(attempted, 1)
+    # a fraction below 1 (one failure is always tolerated, so small pilot runs are not stopped by chance)
+    budget = cfg.failure_budget if cfg.failure_budget >= 1 else max(1.0, cfg.failure_budget * attempted)
     if report.failed > budget:
         raise FailureBudgetExceeded(
             f"{report.stage}: {report.failed} of {attempted} units failed, over the failure budget "

@@ -223,7 +223,8 @@ class RunConfig(_Config):
     prompts_dir: str | None = None
     """Directory of prompt templates (None: the repository's prompts/)."""
     failure_budget: float = Field(default=0.1, ge=0)
-    """Failed units a stage may have before the run stops: a fraction of its units below 1, a count from 1."""
+    """Failed units a stage may have before the run stops: a fraction of its units below 1 (at least one
+    failure is always tolerated), a count from 1."""
     prices: dict[str, PriceConfig] = {}
     model_shape: ModelShape | None = None
     """The subject model's shape, used by `--dry-run` only when its config cannot be read offline."""
