@@ -354,16 +354,17 @@ def puzzles_cmd(
         if simulator:
             sets.append(f"simulate.simulator={simulator}")
         cfg = load_config(config, sets)
-        do_puzzles(
-            cfg,
-            Backends(cfg),
-            puzzles_file=puzzles,
-            out_dir=out_dir,
-            explainer=explainer or cfg.explain.explainer,
-            revise=revise,
-            judge=judge,
-            baselines=baselines,
-        )
+        with stage_view():
+            do_puzzles(
+                cfg,
+                Backends(cfg),
+                puzzles_file=puzzles,
+                out_dir=out_dir,
+                explainer=explainer or cfg.explain.explainer,
+                revise=revise,
+                judge=judge,
+                baselines=baselines,
+            )
     except NeuronExplainerError as e:
         _fail(e)
 

@@ -481,11 +481,14 @@ def do_puzzles(
     console.print(f"{len(puzzles)} puzzles; simulator {s.simulator}; explainer {explainer}", highlight=False)
 
     async def both() -> tuple[list[dict], list[dict]]:
-        scorer = await scorer_benchmark(puzzles, sim)
-        console.print("scorer benchmark done", highlight=False)
-        explained = await explainer_benchmark(puzzles, sim, setup, revise=revise and setup.backend is not None)
+        scorer = await scorer_benchmark(puzzles, sim, _stage_progress)
+        explained = await explainer_benchmark(
+            puzzles, sim, setup, revise=revise and setup.backend is not None, progress=_stage_progress
+        )
         for name in BASELINE_EXPLAINERS if baselines and explainer not in BASELINE_EXPLAINERS else ():
-            explained += await explainer_benchmark(puzzles, sim, ExplainerSetup(name), revise=False)
+            explained += await explainer_benchmark(
+                puzzles, sim, ExplainerSetup(name), revise=False, progress=_stage_progress
+            )
         return scorer, explained
 
     scorer_rows, explainer_rows = asyncio.run(both())

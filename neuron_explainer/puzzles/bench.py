@@ -16,7 +16,7 @@ evidence) and `lookup` (the tokens with the highest mean activation over the evi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from neuron_explainer.datatypes import ActivationRecord, Failure
@@ -74,10 +74,13 @@ def _rank_key(score: float | None) -> float:
     return float("-inf") if score is None else score
 
 
-async def scorer_benchmark(puzzles: Sequence[Puzzle], sim: Simulator) -> list[dict]:
+ProgressFn = Callable[[str, int, int], None]
+
+
+async def scorer_benchmark(puzzles: Sequence[Puzzle], sim: Simulator, progress: ProgressFn | None = None) -> list[dict]:
     """One row per (puzzle, candidate): its score and rank; the true candidate is `is_true`."""
     rows = []
-    for p in puzzles:
+    for done, p in enumerate(puzzles, 1):
         candidates = [(p.explanation, True), *((f, False) for f in p.false_explanations)]
         scored = [(text, true, await sim.score(text, p.records)) for text, true in candidates]
         order = sorted(range(len(scored)), key=lambda i: -_rank_key(scored[i][2]))
@@ -86,6 +89,8 @@ async def scorer_benchmark(puzzles: Sequence[Puzzle], sim: Simulator) -> list[di
             rows.append(
                 {"puzzle": p.id, "theme": p.theme, "candidate": text, "is_true": true, "score": score, "rank": rank}
             )
+        if progress:
+            progress("scorer", done, len(puzzles))
     return rows
 
 
@@ -171,11 +176,15 @@ async def _revise(setup: ExplainerSetup, sim: Simulator, p: Puzzle, explanation:
 
 
 async def explainer_benchmark(
-    puzzles: Sequence[Puzzle], sim: Simulator, setup: ExplainerSetup, revise: bool
+    puzzles: Sequence[Puzzle],
+    sim: Simulator,
+    setup: ExplainerSetup,
+    revise: bool,
+    progress: ProgressFn | None = None,
 ) -> list[dict]:
     """One row per (puzzle, round): the explanation, its held-out score, the true one's, and the verdicts."""
     rows = []
-    for p in puzzles:
+    for done, p in enumerate(puzzles, 1):
         true_score = await sim.score(p.explanation, p.held_out)
         rounds: list[tuple[str, str | Failure]] = []
         if setup.explainer == "top_tokens":
@@ -200,6 +209,8 @@ async def explainer_benchmark(
             solved = by_score and (verdict is not False if setup.judge is not None else True)
             rows.append({**row, "explanation": result, "score": score, "solved_by_score": by_score, "judge": verdict,
                          "solved": solved, "failure": None})  # fmt: skip
+        if progress:
+            progress(setup.explainer[:24], done, len(puzzles))
     return rows
 
 
