@@ -168,3 +168,16 @@ def golden(request: pytest.FixtureRequest):
         assert text == path.read_text(encoding="utf-8"), f"prompt differs from {path}"
 
     return check
+
+
+def read_target_slot(prompt: str, tokens: list[tuple[str, int]], i: int) -> tuple[str, str, int] | None:
+    """For fake-simulator oracles: if token i + 1 is an `unknown` slot of the all-at-once prompt's target
+    excerpt, return (explanation, the excerpt's text, slot index); else None."""
+    target = prompt.rfind("<start>\n")
+    slots = [j for j, (tok, off) in enumerate(tokens) if tok == "unknown" and off > target]
+    if i + 1 not in slots:
+        return None
+    explanation = prompt[:target].rsplit("Explanation: ", 1)[1].split("\n", 1)[0]
+    rows = prompt[target + len("<start>\n") :].split("\n")
+    text = "".join(row.rsplit("\t", 1)[0] for row in rows if "\t" in row)
+    return explanation, text, slots.index(i + 1)

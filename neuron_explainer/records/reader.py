@@ -34,40 +34,35 @@ def _check_neuron(manifest: dict, layer: int, neuron: int) -> None:
         raise RunDirError(f"neuron {neuron} out of range: layers have neurons 0..{harvest['n_neurons'] - 1}")
 
 
-def read_excerpts(store: RunStore, excerpt_ids: list[int]) -> dict[int, list[str]]:
-    """Token strings of the given excerpts, by id."""
-    if not excerpt_ids:
-        return {}
-    try:
-        table = ds.dataset(store.excerpts_dir, format="parquet").to_table(
-            columns=["excerpt_id", "tokens"], filter=pc.field("excerpt_id").isin(excerpt_ids)
-        )
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RunDirError(f"excerpt files under {store.excerpts_dir} are corrupt or unreadable: {e}") from e
-    found = dict(zip(table["excerpt_id"].to_pylist(), table["tokens"].to_pylist(), strict=True))
-    missing = set(excerpt_ids) - set(found)
-    if missing:
-        raise RunDirError(f"{len(missing)} excerpt(s) referenced by records are missing from {store.excerpts_dir}")
-    return found
-
-
-def read_token_ids(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[int]]:
-    """Token ids of the given excerpts, by id.
+def _excerpt_column(store: RunStore, excerpt_ids: Sequence[int], column: str) -> dict[int, list]:
+    """One column of the excerpts table for the given excerpt ids, by id.
 
     Raises:
         RunDirError: an excerpt is missing or the excerpt files are unreadable.
     """
+    if not excerpt_ids:
+        return {}
     try:
         table = ds.dataset(store.excerpts_dir, format="parquet").to_table(
-            columns=["excerpt_id", "token_ids"], filter=pc.field("excerpt_id").isin(list(excerpt_ids))
+            columns=["excerpt_id", column], filter=pc.field("excerpt_id").isin(list(excerpt_ids))
         )
     except (pa.ArrowInvalid, OSError) as e:
         raise RunDirError(f"excerpt files under {store.excerpts_dir} are corrupt or unreadable: {e}") from e
-    found = dict(zip(table["excerpt_id"].to_pylist(), table["token_ids"].to_pylist(), strict=True))
+    found = dict(zip(table["excerpt_id"].to_pylist(), table[column].to_pylist(), strict=True))
     missing = set(excerpt_ids) - set(found)
     if missing:
-        raise RunDirError(f"{len(missing)} excerpt(s) are missing from {store.excerpts_dir}")
+        raise RunDirError(f"{len(missing)} referenced excerpt(s) are missing from {store.excerpts_dir}")
     return found
+
+
+def read_excerpts(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Token strings of the given excerpts, by id (RunDirError if any is missing or unreadable)."""
+    return _excerpt_column(store, excerpt_ids, "tokens")
+
+
+def read_token_ids(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Token ids of the given excerpts, by id (RunDirError if any is missing or unreadable)."""
+    return _excerpt_column(store, excerpt_ids, "token_ids")
 
 
 def load_neuron_stats(run_dir: str | Path, layer: int, neuron: int) -> NeuronStats:

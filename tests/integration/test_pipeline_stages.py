@@ -26,6 +26,7 @@ from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.schema import EXPLANATIONS, FAILURES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.views import apply_view
+from tests.conftest import read_target_slot
 from tests.integration.test_harvest_reference import harvest_cfg
 
 NEURONS = [(0, 1), (0, 2), (1, 5)]
@@ -58,14 +59,11 @@ def truth_oracle(store: RunStore, exact: bool = False, view: str = "current_toke
             levels_by[(row.explanation, "".join(r.tokens))] = levels or normalize_activations(r.activations, top)
 
     def oracle(prompt, tokens, i):
-        target = prompt.rfind("<start>\n")
-        slots = [j for j, (tok, off) in enumerate(tokens) if tok == "unknown" and off > target]
-        if i + 1 not in slots:
+        found = read_target_slot(prompt, tokens, i)
+        if found is None:
             return (("x", 0.0),)
-        explanation = prompt[:target].rsplit("Explanation: ", 1)[1].split("\n", 1)[0]
-        rows = prompt[target + len("<start>\n") :].split("\n")
-        text = "".join(row.rsplit("\t", 1)[0] for row in rows if "\t" in row)
-        level = levels_by[(explanation, text)][slots.index(i + 1)]
+        explanation, text, slot = found
+        level = levels_by[(explanation, text)][slot]
         if isinstance(level, int):
             return ((str(level), 0.0),)
         low = min(int(level), 9)

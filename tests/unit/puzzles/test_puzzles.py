@@ -16,6 +16,7 @@ from neuron_explainer.puzzles.bench import (
     write_results,
 )
 from neuron_explainer.puzzles.puzzle import load_puzzles, tokenize_marked, top_tokens_explanation
+from tests.conftest import read_target_slot
 
 
 def test_the_shipped_puzzles_are_valid_and_cover_the_themes() -> None:
@@ -73,15 +74,12 @@ def truth_simulator(puzzles):
             truth[(p.explanation, "".join(r.tokens))] = [int(a) for a in r.activations]
 
     def oracle(prompt, tokens, i):
-        target = prompt.rfind("<start>\n")
-        slots = [j for j, (tok, off) in enumerate(tokens) if tok == "unknown" and off > target]
-        if i + 1 not in slots:
+        found = read_target_slot(prompt, tokens, i)
+        if found is None:
             return (("x", 0.0),)
-        explanation = prompt[:target].rsplit("Explanation: ", 1)[1].split("\n", 1)[0]
-        rows = prompt[target + len("<start>\n") :].split("\n")
-        text = "".join(row.rsplit("\t", 1)[0] for row in rows if "\t" in row)
+        explanation, text, slot = found
         levels = truth.get((explanation, text))
-        return ((str(levels[slots.index(i + 1)]) if levels else "1", 0.0),)
+        return ((str(levels[slot]) if levels else "1", 0.0),)
 
     return Simulator(FakeBackend(oracle=oracle), load_simulator_template(), max_level=10)
 
