@@ -57,22 +57,46 @@ def build_sentence_messages(templates: RevisionTemplates, explanation: str) -> l
     ]
 
 
-_NUMBERED = re.compile(r"^\s*(?:\d{1,2}\s*[.):-]\s*)?(.+?)\s*$")
+_ITEM_NUMBER = re.compile(r"(?:^|(?<=\s))(\d{1,2})\s*[.):-]\s+", re.MULTILINE)
+
+
+def _numbered_items(text: str, prefilled: bool) -> list[str]:
+    """Items of a numbered list, on separate lines or run together on one ("1. a 2. b 3. c").
+
+    A number starts a new item only if it continues the sequence (so "aged 7. Then" inside an item
+    does not split it); with `prefilled`, the text starts inside item 1 (the prompt wrote "1.").
+    """
+    items: list[str] = []
+    expected = 2 if prefilled else 1
+    current: list[str] = [] if not prefilled else [""]
+    pos = 0
+    for m in _ITEM_NUMBER.finditer(text):
+        if int(m.group(1)) != expected:
+            continue
+        if current:
+            current[-1] += text[pos : m.start()]
+            items.append(current.pop())
+        current.append("")
+        pos = m.end()
+        expected += 1
+    if current:
+        current[-1] += text[pos:]
+        items.append(current.pop())
+    return items
 
 
 def parse_sentences(text: str, *, prefilled: bool = True) -> list[str]:
     """The sentences of a numbered list (the first item's "1." may have been prefilled), deduplicated.
 
+    Each item is cut at its first line break (prose after the list is dropped).
+
     Raises:
         RevisionParseError: fewer than MIN_SENTENCES usable sentences.
     """
-    lines = [line for line in text.splitlines() if line.strip()]
     out: list[str] = []
-    for i, line in enumerate(lines):
-        if not (prefilled and i == 0) and not re.match(r"^\s*\d{1,2}\s*[.):-]", line):
-            continue  # prose around the list
-        match = _NUMBERED.match(line)
-        sentence = match.group(1).strip().strip("\"'*").strip() if match else ""
+    for item in _numbered_items(text, prefilled):
+        lines = [line for line in item.strip().splitlines() if line.strip()]
+        sentence = lines[0].strip().strip("\"'*").strip() if lines else ""
         if sum(ch.isalpha() for ch in sentence) >= 3 and len(sentence) <= MAX_SENTENCE_CHARS and sentence not in out:
             out.append(sentence)
     if len(out) < MIN_SENTENCES:

@@ -4,10 +4,11 @@
   generated top-tokens one) on all of a puzzle's sentences; the true one should rank first.
 - **explainer**: explain from the evidence sentences, then judge on the held-out sentences. A puzzle is
   **solved** when the explanation's held-out correlation reaches the true explanation's minus
-  `SOLVED_MARGIN`, and, where a judge model is configured, the judge also says the two explanations
-  describe the same behaviour. With revision, the explainer writes test sentences, the puzzle neuron's
-  response to them is the simulator's prediction under the TRUE explanation (a synthetic neuron has no
-  weights to run), and a revised explanation is judged the same way.
+  `SOLVED_MARGIN` and beats every near miss's, and, where a judge model is configured, the judge does
+  not say the two explanations describe different behaviour. With revision, the explainer writes test
+  sentences, the puzzle neuron's response to them is the simulator's prediction under the TRUE
+  explanation (a synthetic neuron has no weights to run), and a revised explanation is judged the same
+  way.
 
 Explainers: an LLM, or a baseline: `top_tokens` (the three most common high-activation tokens of the
 evidence) and `lookup` (the tokens with the highest mean activation over the evidence).
@@ -186,6 +187,7 @@ async def explainer_benchmark(
     rows = []
     for done, p in enumerate(puzzles, 1):
         true_score = await sim.score(p.explanation, p.held_out)
+        false_scores = [await sim.score(f, p.held_out) for f in p.false_explanations]
         rounds: list[tuple[str, str | Failure]] = []
         if setup.explainer == "top_tokens":
             rounds.append(("original", top_tokens_explanation(p.evidence)))
@@ -204,7 +206,12 @@ async def explainer_benchmark(
                              "solved": False, "failure": result.message})  # fmt: skip
                 continue
             score = await sim.score(result, p.held_out)
-            by_score = score is not None and true_score is not None and score >= true_score - SOLVED_MARGIN
+            by_score = (
+                score is not None
+                and true_score is not None
+                and score >= true_score - SOLVED_MARGIN
+                and all(f is None or score > f for f in false_scores)
+            )
             verdict = await _judge(setup.judge, p.explanation, result) if setup.judge is not None else None
             solved = by_score and (verdict is not False if setup.judge is not None else True)
             rows.append({**row, "explanation": result, "score": score, "solved_by_score": by_score, "judge": verdict,

@@ -55,3 +55,8 @@ def test_split_and_false_positives() -> None:
     assert split_sentences(["a"] * 3) == ([0, 2], [1])
     assert not is_false_positive(NEW[0], top=2.0)  # 1.0 / 2.0 -> level 5
     assert is_false_positive(NEW[1], top=2.0)  # 0.1 / 2.0 -> level 0
+
+
+def test_parse_sentences_run_together_on_one_line() -> None:
+    raw = " The dog barked. 2. The cat aged 7. It purred. 3. Owls hooted at night."
+    assert parse_sentences(raw) == ["The dog barked.", "The cat aged 7. It purred.", "Owls hooted at night."]
