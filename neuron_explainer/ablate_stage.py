@@ -18,7 +18,7 @@ import torch
 
 from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.errors import RunDirError
-from neuron_explainer.pipeline import ProgressFn, StageReport, read_table, write_part
+from neuron_explainer.pipeline import ProgressFn, StageReport, only_neurons, read_table, write_part
 from neuron_explainer.records.reader import load_neuron_stats, read_token_ids
 from neuron_explainer.records.schema import ABLATION_SCORES, EXPLANATIONS, FAILURES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
@@ -71,8 +71,7 @@ def run_ablate(
     manifest = store.require_harvest()
     sims = read_table(store, "simulations", SIMULATIONS)
     sims = sims[sims.split == "valid"]
-    if neurons is not None:
-        sims = sims[[(a, b) in neurons for a, b in zip(sims.layer, sims.neuron, strict=True)]]
+    sims = only_neurons(sims, neurons)
     expl = read_table(store, "explanations", EXPLANATIONS)
     # revision rounds are simulated on the valid split only (scored in revision_scores): not ablated
     sims = sims[sims.explanation_id.isin(set(expl.explanation_id[expl["round"] == 1]))]
@@ -84,8 +83,7 @@ def run_ablate(
     units, fails = [], []
     # explanations of the selected neurons that were never simulated: say so, do not skip them silently
     wanted = expl[~expl.explainer.str.startswith("baseline:")]
-    if neurons is not None:
-        wanted = wanted[[(a, b) in neurons for a, b in zip(wanted.layer, wanted.neuron, strict=True)]]
+    wanted = only_neurons(wanted, neurons)
     for row in wanted[~wanted.explanation_id.isin(set(sims.explanation_id))].itertuples():
         report.planned += 1
         report.failed += 1

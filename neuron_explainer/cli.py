@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from neuron_explainer.cli_stages import (
     Backends,
-    console,
     do_ablate,
     do_baselines,
     do_explain,
@@ -21,10 +20,9 @@ from neuron_explainer.cli_stages import (
     do_revise,
     do_score,
     do_simulate,
-    out,
     print_scores,
-    stage_view,
 )
+from neuron_explainer.cli_view import console, out, stage_view
 from neuron_explainer.config import RunConfig, load_config
 from neuron_explainer.errors import ConfigError, NeuronExplainerError
 

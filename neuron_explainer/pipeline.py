@@ -68,6 +68,13 @@ def read_table(store: RunStore, name: str, schema: pa.Schema) -> pd.DataFrame:
         raise RunDirError(f"a part file under {path} is corrupt or unreadable: {e}") from e
 
 
+def only_neurons(table: pd.DataFrame, neurons: set[tuple[int, int]] | None) -> pd.DataFrame:
+    """The rows of a (layer, neuron)-keyed table for the given neurons (all rows when neurons is None)."""
+    if neurons is None:
+        return table
+    return table[[(a, b) in neurons for a, b in zip(table.layer, table.neuron, strict=True)]]
+
+
 def write_part(store: RunStore, name: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
     """Append rows as a new atomic part file (unique name: several writers may share a run)."""
     if rows:
@@ -252,10 +259,7 @@ async def run_simulate(
     store.require_harvest()
     explanations = read_table(store, "explanations", EXPLANATIONS)
     explanations = explanations[~explanations.explainer.str.startswith("baseline:")]  # they carry their own
-    if neurons is not None:
-        explanations = explanations[
-            [(a, b) in neurons for a, b in zip(explanations.layer, explanations.neuron, strict=True)]
-        ]
+    explanations = only_neurons(explanations, neurons)
     simulator = f"{backend.name}:{backend.model}"
     done = read_table(store, "simulations", SIMULATIONS)
     done_ids = set(done.explanation_id[done.simulator == simulator])

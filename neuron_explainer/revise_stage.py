@@ -44,6 +44,7 @@ from neuron_explainer.pipeline import (
     _failure_row,
     _run_units,
     explanation_id,
+    only_neurons,
     read_table,
     scoring_records,
     write_part,
@@ -61,7 +62,7 @@ from neuron_explainer.records.splits import random_split, top_split
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.simulate.parse import SimulationParseError
-from neuron_explainer.simulate.simulator import NEEDS, simulate
+from neuron_explainer.simulate.simulator import NEEDS, RecordSimulator
 
 ARMS = ("revised", "reexplain", "random_revision")
 
@@ -130,7 +131,7 @@ async def run_revise(
     ]
     originals = originals[originals.explanation_id.isin(set(sims.explanation_id))]
     if neurons is not None:
-        originals = originals[[(a, b) in neurons for a, b in zip(originals.layer, originals.neuron, strict=True)]]
+        originals = only_neurons(originals, neurons)
     done = read_table(store, "revision_scores", REVISION_SCORES)
     done_ids = set(done.original_explanation_id[done.simulator == simulator_name])
     units = originals.to_dict("records")
@@ -141,14 +142,7 @@ async def run_revise(
     gen = GenerateParams(max_tokens=max_tokens, temperature=temperature, n=1, seed=seed, stop=("\n\n",))
     prefill = bool(getattr(explainer, "supports_prefill", False))
 
-    async def simulate_all(explanation: str, records: Sequence[ActivationRecord]) -> list[list[float]]:
-        out = []
-        for rec in records:
-            sim = await simulate(
-                method, explanation, rec.tokens, simulator, simulator_template, max_level=max_level, top_k=top_k
-            )
-            out.append(list(sim.expected_values))
-        return out
+    simulate_all = RecordSimulator(simulator, simulator_template, method=method, max_level=max_level, top_k=top_k)
 
     async def work(unit: dict[str, Any]) -> tuple[list[dict], list[dict]]:
         layer, neuron, eid = int(unit["layer"]), int(unit["neuron"]), unit["explanation_id"]

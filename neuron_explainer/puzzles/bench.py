@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from neuron_explainer.datatypes import ActivationRecord, Failure
 from neuron_explainer.errors import NeuronExplainerError
@@ -31,44 +31,16 @@ from neuron_explainer.explain.revision import (
     split_sentences,
 )
 from neuron_explainer.llm.base import GenerateParams, LLMBackend, Message
-from neuron_explainer.prompts.templates import ExplainerTemplate, SimulatorTemplate
+from neuron_explainer.prompts.templates import ExplainerTemplate
 from neuron_explainer.puzzles.puzzle import Puzzle, tokenize_marked, top_tokens_explanation
-from neuron_explainer.scoring.correlation import score_correlation
-from neuron_explainer.simulate.simulator import simulate
+from neuron_explainer.simulate.simulator import RecordSimulator
 
 SOLVED_MARGIN = 0.1
 BASELINE_EXPLAINERS = ("top_tokens", "lookup")
 
 
-@dataclass
-class Simulator:
-    """Simulates explanations on token lists, caching by (explanation, tokens)."""
-
-    backend: LLMBackend
-    template: SimulatorTemplate
-    method: str = "all_at_once"
-    max_level: int | None = None
-    top_k: int = 20
-    _cache: dict[tuple[str, tuple[str, ...]], list[float]] = field(default_factory=dict)
-
-    async def __call__(self, explanation: str, records: Sequence[ActivationRecord]) -> list[list[float]]:
-        """Expected levels per token of each record, given only the explanation."""
-        out = []
-        for r in records:
-            key = (explanation, tuple(r.tokens))
-            if key not in self._cache:
-                sim = await simulate(
-                    self.method, explanation, r.tokens, self.backend, self.template,
-                    max_level=self.max_level, top_k=self.top_k,
-                )  # fmt: skip
-                self._cache[key] = list(sim.expected_values)
-            out.append(self._cache[key])
-        return out
-
-    async def score(self, explanation: str, records: Sequence[ActivationRecord]) -> float | None:
-        """Pooled correlation of the explanation's simulation with the records' activations."""
-        sims = await self(explanation, records)
-        return score_correlation([r.activations for r in records], sims).correlation
+Simulator = RecordSimulator
+"""The puzzle benchmarks' simulator (kept under this name for callers)."""
 
 
 def _rank_key(score: float | None) -> float:

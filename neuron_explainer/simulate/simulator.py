@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from neuron_explainer.datatypes import Simulation
+from neuron_explainer.datatypes import ActivationRecord, Simulation
 from neuron_explainer.llm.base import Capability, LLMBackend, require
 from neuron_explainer.prompts.templates import SimulatorTemplate
 from neuron_explainer.simulate.parse import build_all_at_once_prompt, read_label_distributions
@@ -85,3 +86,40 @@ async def simulate(
 
         return await simulate_logprob_free(explanation, tokens, backend, template, max_level=max_level or 10)
     raise ValueError(f"unknown simulation method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+@dataclass
+class RecordSimulator:
+    """One simulator configuration applied to many records, caching by (explanation, tokens).
+
+    Shared by the revise stage and the puzzle benchmarks, which simulate the same explanation on the same
+    sentences more than once.
+    """
+
+    backend: LLMBackend
+    template: SimulatorTemplate
+    method: str = "all_at_once"
+    max_level: int | None = None
+    top_k: int = 20
+    _cache: dict[tuple[str, tuple[str, ...]], list[float]] = field(default_factory=dict)
+
+    async def __call__(self, explanation: str, records: Sequence[ActivationRecord]) -> list[list[float]]:
+        """Expected levels per token of each record, given only the explanation."""
+        out = []
+        for r in records:
+            key = (explanation, tuple(r.tokens))
+            if key not in self._cache:
+                sim = await simulate(
+                    self.method, explanation, r.tokens, self.backend, self.template,
+                    max_level=self.max_level, top_k=self.top_k,
+                )  # fmt: skip
+                self._cache[key] = list(sim.expected_values)
+            out.append(self._cache[key])
+        return out
+
+    async def score(self, explanation: str, records: Sequence[ActivationRecord]) -> float | None:
+        """Pooled correlation of the explanation's simulation with the records' activations (None: undefined)."""
+        from neuron_explainer.scoring.correlation import score_correlation
+
+        sims = await self(explanation, records)
+        return score_correlation([r.activations for r in records], sims).correlation
