@@ -27,6 +27,9 @@ WORDS = (
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run tests that need the real offline models")
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/*.txt from the code")
+    parser.addoption(
+        "--update-regression", action="store_true", help="rewrite tests/data/regression/ (only on purpose)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
