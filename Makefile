@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh machine (they create .venv and install into it):
 #   make demo   the main job on the offline default (real model, real corpus)
-#   make test   lint + the test suite
+#   make test   lint, formatting, types, then the test suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,12 +30,13 @@ $(VENV)/.llama-server: $(BIN)/neuron-explainer
 demo: install
 	$(BIN)/neuron-explainer run --config configs/demo.yaml
 
+# lint, formatting and types: the habits CI holds every commit to
 check: install
 	$(BIN)/ruff check neuron_explainer tests benchmarks scripts
 	$(BIN)/ruff format --check neuron_explainer tests benchmarks scripts
+	$(BIN)/mypy
 
-test: install $(VENV)/.llama-server
-	$(BIN)/ruff check neuron_explainer tests benchmarks scripts
+test: check $(VENV)/.llama-server
 	$(BIN)/python -m pytest -q
 
 bench: install

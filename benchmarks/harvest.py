@@ -42,10 +42,10 @@ def excerpt_batches(subject, corpus: str, n: int, batch_size: int, excerpt_len: 
 
 
 def speed(args: argparse.Namespace) -> dict:
-    from neuron_explainer.activations.driver import _wants_bos
     from neuron_explainer.activations.harvest import Harvester, HarvestShape
     from neuron_explainer.activations.models import load_subject_model
     from neuron_explainer.activations.sources import ActivationSource
+    from neuron_explainer.activations.subject import wants_bos as _wants_bos
 
     subject = load_subject_model(args.model, device=args.device)
     source = ActivationSource(subject.model, subject.hook_point)
@@ -87,7 +87,7 @@ def speed(args: argparse.Namespace) -> dict:
 def harvest_subprocess(args: argparse.Namespace, out: Path, n: int, quantile_k: int) -> dict:
     code = (
         "import json, resource, time, sys\n"
-        "from neuron_explainer.activations.driver import HarvestRun\n"
+        "from neuron_explainer.stages.harvest import HarvestRun\n"
         "from neuron_explainer.config import HarvestConfig\n"
         "cfg = HarvestConfig.model_validate(json.loads(sys.argv[1]))\n"
         "import psutil\n"

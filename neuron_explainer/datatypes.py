@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+"""Quantiles of the per-excerpt maximum that split excerpts into the sampling buckets."""
+N_BUCKETS = len(QUANTILES) + 1
+"""Quantile buckets a neuron's `random_sample_by_quantile` has (lowest first)."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -32,6 +37,17 @@ class ActivationRecord(_Frozen):
     """Raw neuron activations (units of the model's MLP hidden state), one per token."""
     excerpt_id: int | None = None
     """Id of the excerpt in the run's `excerpts` table (None for records from elsewhere)."""
+
+    @property
+    def stored_id(self) -> int:
+        """The excerpt id of a record read from a run.
+
+        Raises:
+            ValueError: the record does not come from a run's excerpts table.
+        """
+        if self.excerpt_id is None:
+            raise ValueError("this record does not come from a run's excerpts table: it has no excerpt id")
+        return self.excerpt_id
 
 
 class NeuronStats(_Frozen):

@@ -57,24 +57,15 @@ def model_shape(cfg: RunConfig) -> tuple[int, int, str]:
     Raises:
         ConfigError: neither is available, or they disagree.
     """
+    from neuron_explainer.activations.models import read_model_config
+
     from_config = None
     try:
-        from transformers import AutoConfig
-
-        from neuron_explainer.activations.models import _resolve, resolve_model
-
-        kind, _ = resolve_model(cfg.harvest.model)
-        if kind == "hub":  # only what is cached: a dry run never waits on the network
-            c = AutoConfig.from_pretrained(
-                cfg.harvest.model, revision=cfg.harvest.model_revision, local_files_only=True
-            )
-        else:
-            load_from, _, _ = _resolve(cfg.harvest.model, cfg.harvest.model_revision, "cpu")
-            c = AutoConfig.from_pretrained(load_from)
+        c = read_model_config(cfg.harvest.model, cfg.harvest.model_revision)
         layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None)
         hidden = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.n_embd
-        from_config = (int(layers), int(hidden))
-    except (ModelError, OSError, ValueError, AttributeError, TypeError):
+        from_config = (int(layers), int(hidden))  # type: ignore[arg-type]  # None -> TypeError, caught
+    except (ModelError, AttributeError, TypeError):
         from_config = None
     given = (cfg.model_shape.n_layers, cfg.model_shape.n_neurons) if cfg.model_shape else None
     if from_config and given and from_config != given:
@@ -112,13 +103,79 @@ def _placeholder_records(n: int, length: int) -> list[Any]:
     ]
 
 
-def make_plan(cfg: RunConfig, n_layers: int, n_neurons: int, shape_source: str) -> RunPlan:
-    """The plan for `cfg` on a model of n_layers x n_neurons."""
-    from neuron_explainer.activations.driver import estimate_disk_bytes
+def prompt_tokens(cfg: RunConfig) -> tuple[int, int]:
+    """Estimated prompt tokens of one explanation request and one simulation request (real templates)."""
     from neuron_explainer.explain.explainer import build_explainer_messages
     from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
-    from neuron_explainer.selection import resolve_neurons
     from neuron_explainer.simulate.parse import build_all_at_once_prompt
+
+    length = cfg.harvest.excerpt_len
+    template = load_explainer_template(cfg.prompts_dir, cfg.explain.prompt_version)
+    explain = sum(_tokens(m.content) for m in build_explainer_messages(template, _placeholder_records(5, length)))
+    sim_template = load_simulator_template(cfg.prompts_dir, cfg.simulate.prompt_version)
+    simulate = _tokens(build_all_at_once_prompt(sim_template, "a placeholder explanation", [" word"] * length).text)
+    return explain, simulate
+
+
+def _llm_stages(cfg: RunConfig, selected: int, explain_prompt: int, sim_prompt: int) -> list[StagePlan]:
+    e, s, length = cfg.explain, cfg.simulate, cfg.harvest.excerpt_len
+    explanations = selected * e.n_samples
+    per_expl = N_VALID + (N_CALIBRATION if s.calibrate else 0)
+    calls = explanations * per_expl * (length if s.method == "one_at_a_time" else 1)
+    stages = [
+        StagePlan(
+            "explain",
+            selected,
+            selected,
+            selected * explain_prompt,
+            explanations * e.max_tokens,
+            e.explainer,
+            "completion tokens are the max_tokens bound",
+        ),
+        StagePlan(
+            "simulate",
+            explanations,
+            calls,
+            calls * sim_prompt,
+            0 if s.method != "logprob_free" else calls * length * 3,
+            s.simulator,
+            f"{per_expl} excerpts per explanation, method {s.method}",
+        ),
+    ]
+    if cfg.revise.enabled:
+        arms = len(cfg.revise.arms)
+        sims = explanations * (arms * (N_VALID + N_SENTENCES // 2) + N_SENTENCES // 2)
+        stages.append(
+            StagePlan(
+                "revise",
+                explanations,
+                explanations * (1 + arms) + sims,
+                explanations * (1 + arms) * explain_prompt + sims * sim_prompt,
+                explanations * (cfg.revise.sentence_tokens + arms * e.max_tokens),
+                e.explainer,
+                f"{arms} arm(s); {N_SENTENCES} test sentences each",
+            )
+        )
+    if cfg.ablate.enabled:
+        stages.append(
+            StagePlan(
+                "ablate",
+                explanations,
+                0,
+                0,
+                0,
+                None,
+                f"subject-model forwards: up to {N_VALID} clean + {2 * N_VALID} replaced excerpts per "
+                f"explanation = {explanations * 3 * N_VALID:,} excerpt forwards at most",
+            )
+        )
+    return stages
+
+
+def make_plan(cfg: RunConfig, n_layers: int, n_neurons: int, shape_source: str) -> RunPlan:
+    """The plan for `cfg` on a model of n_layers x n_neurons."""
+    from neuron_explainer.selection import resolve_neurons
+    from neuron_explainer.stages.harvest import estimate_disk_bytes
 
     h = cfg.harvest
     layers = sorted(h.layers) if h.layers is not None else list(range(n_layers))
@@ -134,71 +191,11 @@ def make_plan(cfg: RunConfig, n_layers: int, n_neurons: int, shape_source: str) 
         harvest_tokens=h.n_excerpts * h.excerpt_len,
         harvest_bytes=estimate_disk_bytes(h, len(layers), n_neurons),
     )
-    if not selected:
-        return plan
-    e, s = cfg.explain, cfg.simulate
-    records = _placeholder_records(5, h.excerpt_len)
-    explain_prompt = sum(
-        _tokens(m.content)
-        for m in build_explainer_messages(load_explainer_template(cfg.prompts_dir, e.prompt_version), records)
-    )
-    explanations = selected * e.n_samples
-    plan.stages.append(
-        StagePlan(
-            "explain",
-            selected,
-            selected,
-            selected * explain_prompt,
-            explanations * e.max_tokens,
-            e.explainer,
-            "completion tokens are the max_tokens bound",
-        )  # fmt: skip
-    )
-    sim_template = load_simulator_template(cfg.prompts_dir, s.prompt_version)
-    sim_prompt = _tokens(
-        build_all_at_once_prompt(sim_template, "a placeholder explanation", [" word"] * h.excerpt_len).text
-    )
-    per_expl = N_VALID + (N_CALIBRATION if s.calibrate else 0)
-    calls = explanations * per_expl * (h.excerpt_len if s.method == "one_at_a_time" else 1)
-    plan.stages.append(
-        StagePlan(
-            "simulate",
-            explanations,
-            calls,
-            calls * sim_prompt,
-            0 if s.method != "logprob_free" else calls * h.excerpt_len * 3,
-            s.simulator,
-            f"{per_expl} excerpts per explanation, method {s.method}",
-        )  # fmt: skip
-    )
-    plan.stage_bytes += explanations * per_expl * h.excerpt_len * 4 + explanations * 200
-    if cfg.revise.enabled:
-        arms = len(cfg.revise.arms)
-        sims = explanations * (arms * (N_VALID + N_SENTENCES // 2) + N_SENTENCES // 2)
-        plan.stages.append(
-            StagePlan(
-                "revise",
-                explanations,
-                explanations * (1 + arms) + sims,
-                explanations * (1 + arms) * explain_prompt + sims * sim_prompt,
-                explanations * (cfg.revise.sentence_tokens + arms * e.max_tokens),
-                e.explainer,
-                f"{arms} arm(s); {N_SENTENCES} test sentences each",
-            )  # fmt: skip
-        )
-    if cfg.ablate.enabled:
-        plan.stages.append(
-            StagePlan(
-                "ablate",
-                explanations,
-                0,
-                0,
-                0,
-                None,
-                f"subject-model forwards: up to {N_VALID} clean + {2 * N_VALID} replaced excerpts per explanation "
-                f"= {explanations * 3 * N_VALID:,} excerpt forwards at most",
-            )  # fmt: skip
-        )
+    if selected:
+        plan.stages = _llm_stages(cfg, selected, *prompt_tokens(cfg))
+        per_expl = N_VALID + (N_CALIBRATION if cfg.simulate.calibrate else 0)
+        explanations = selected * cfg.explain.n_samples
+        plan.stage_bytes = explanations * per_expl * h.excerpt_len * 4 + explanations * 200
     return plan
 
 
@@ -224,7 +221,7 @@ def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
             line += f", about {duration(st.calls / p.llm_calls_per_second)} at {p.llm_calls_per_second:g} calls/s"
         price = cfg.prices.get(st.backend or "")
         if price is not None:
-            cost = st.prompt_tokens * price.prompt / 1e6 + st.completion_tokens * price.completion / 1e6
+            cost = price.cost(st.prompt_tokens, st.completion_tokens)
             total_cost += cost
             priced = True
             line += f", about ${cost:,.2f}"

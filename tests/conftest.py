@@ -184,3 +184,32 @@ def read_target_slot(prompt: str, tokens: list[tuple[str, int]], i: int) -> tupl
     rows = prompt[target + len("<start>\n") :].split("\n")
     text = "".join(row.rsplit("\t", 1)[0] for row in rows if "\t" in row)
     return explanation, text, slots.index(i + 1)
+
+
+def stage_config(run_dir: Path, **sections):
+    """A RunConfig for stage tests: the run directory, no LLM cache, and the given sections/fields."""
+    from neuron_explainer.config import load_config
+
+    overrides = {"out": str(run_dir), "llm.cache": False}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            overrides.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            overrides[key] = value
+    return load_config(None, overrides)
+
+
+def run_stage(name: str, cfg, backends: dict | None = None):
+    """Run one stage as a library user would; returns its StageReport."""
+    import asyncio
+
+    from neuron_explainer.records.store import RunStore
+    from neuron_explainer.stages import STAGES, Deps, stage_module
+
+    deps = Deps.from_config(cfg, backends=backends)
+    return asyncio.run(stage_module(name).run(RunStore(cfg.out), getattr(cfg, STAGES[name]), deps))
+
+
+def neuron_spec(neurons) -> str:
+    """`[(0, 1), (1, 5)]` as the selection spec `0:1,1:5`."""
+    return ",".join(f"{layer}:{n}" for layer, n in neurons)

@@ -152,7 +152,7 @@ def _hash_files(paths: list[Path]) -> str:
     for p in paths:
         digest.update(p.name.encode())
         with p.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            while block := f.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
 
@@ -213,7 +213,7 @@ def open_corpus(cfg: CorpusConfig) -> Corpus:
             )
         if all(p.stat().st_size == 0 for p in paths):
             raise CorpusError(f"corpus {source!r} has no documents: every file is empty")
-        builder = kinds.pop()
+        builder = str(kinds.pop())
         kwargs: dict[str, Any] = {"data_files": [str(p) for p in paths], "split": "train"}
         if builder == "text":
             kwargs["sample_by"] = "document"  # one .txt file = one document
@@ -246,7 +246,7 @@ def _windows(seed: int, doc_index: int, n_tokens: int, excerpt_len: int, cap: in
         return []
     rng = np.random.default_rng([seed, doc_index])
     start = int(rng.integers(0, n_tokens - n_all * excerpt_len + 1))
-    chosen = range(n_all)
+    chosen: list[int] = list(range(n_all))
     if cap is not None and cap < n_all:
         chosen = sorted(int(i) for i in rng.choice(n_all, size=cap, replace=False))
     return [start + w * excerpt_len for w in chosen]

@@ -182,6 +182,24 @@ def load_causal_lm(
     return model, tokenizer, provenance
 
 
+def read_model_config(spec: str, revision: str | None = None) -> Any:
+    """A model's transformers config without loading weights; a hub model only if it is cached.
+
+    Raises:
+        ModelError: the config cannot be found offline or read.
+    """
+    from transformers import AutoConfig
+
+    kind, _ = resolve_model(spec)
+    try:
+        if kind == "hub":  # only what is cached: planning never waits on the network
+            return AutoConfig.from_pretrained(spec, revision=revision, local_files_only=True)
+        load_from, config, _ = _resolve(spec, revision, "cpu")
+        return config
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of {spec!r} offline: {e}".split("\n")[0]) from e
+
+
 def load_subject_model(
     spec: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
 ) -> SubjectModel:

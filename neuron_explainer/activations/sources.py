@@ -21,7 +21,8 @@ class _StopForward(Exception):
     """Raised inside the deepest hook to skip the rest of the forward pass."""
 
 
-def _get(module: nn.Module, dotted: str) -> nn.Module:
+def get_module(module: nn.Module, dotted: str) -> nn.Module:
+    """The submodule at a dotted attribute path (`transformer.h`, `mlp.c_proj`)."""
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
@@ -33,15 +34,17 @@ class ActivationSource:
     def __init__(self, model: nn.Module, hook_point: HookPoint) -> None:
         self.model = model
         self.hook_point = hook_point
-        self.blocks = _get(model, hook_point.layers_path)
-        self.n_layers = len(self.blocks)  # type: ignore[arg-type]
+        self.blocks: nn.ModuleList = get_module(model, hook_point.layers_path)  # type: ignore[assignment]
+        self.n_layers = len(self.blocks)
         first = self.mlp_out(0)
         # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out) and exposes nf/nx.
-        self.n_neurons = int(first.in_features if isinstance(first, nn.Linear) else first.weight.shape[0])
+        weight: torch.Tensor = first.weight  # type: ignore[assignment]
+        self.n_neurons = int(first.in_features if isinstance(first, nn.Linear) else weight.shape[0])
 
     def mlp_out(self, layer: int) -> nn.Module:
         """The output projection module of one block (its input is the neuron activation)."""
-        return _get(self.blocks[layer], self.hook_point.module_path)  # type: ignore[index]
+        block: nn.Module = self.blocks[layer]
+        return get_module(block, self.hook_point.module_path)
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Raise ConfigError if any layer is out of range."""

@@ -76,7 +76,8 @@ def _top_tokens_block(excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -
     return "\n".join(f"{tok} ({len(lv)} time{'s' if len(lv) > 1 else ''})" for tok, lv in ranked)
 
 
-def _evidence(template: ExplainerTemplate, excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+def format_evidence(template: ExplainerTemplate, excerpts: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    """Excerpts with 0-10 levels laid out in the template's style (token rows, highlights or top tokens)."""
     if template.style == "highlights":
         return _highlight_block(excerpts)
     if template.style == "top_tokens":
@@ -93,11 +94,11 @@ def build_explainer_messages(template: ExplainerTemplate, records: Sequence[Acti
     messages = [Message("system", template.intro)]
     numbered = template.style == "token_activations"
     for i, ex in enumerate(template.examples, start=1):
-        evidence = _evidence(template, [(e.tokens, e.levels) for e in ex.excerpts])
+        evidence = format_evidence(template, [(e.tokens, e.levels) for e in ex.excerpts])
         messages.append(Message("user", f"Neuron {i}\n\n{evidence}" if numbered else evidence))
         messages.append(Message("assistant", f"{template.answer_prefix} {ex.explanation}."))
     top = max_activation([r.activations for r in records])
-    evidence = _evidence(template, [(r.tokens, normalize_activations(r.activations, top)) for r in records])
+    evidence = format_evidence(template, [(r.tokens, normalize_activations(r.activations, top)) for r in records])
     messages.append(Message("user", f"Neuron {len(template.examples) + 1}\n\n{evidence}" if numbered else evidence))
     return messages
 

@@ -20,33 +20,16 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from neuron_explainer import __version__
 from neuron_explainer.errors import RunDirError
-from neuron_explainer.records import schema as S
-from neuron_explainer.records.store import RunStore
+from neuron_explainer.records.schema import table_description, table_schema
+from neuron_explainer.records.store import RunStore, read_parquet
+from neuron_explainer.records.tables import STAGE_TABLES
 
-DESCRIPTIONS = {
-    "excerpts": "Every harvested excerpt once: token ids and decoded token strings.",
-    "records": "Kept excerpts per neuron (kind top / random / quantile) with the neuron's activation per token.",
-    "neuron_stats": "Per-neuron statistics over every harvested token (mean, variance, skewness, kurtosis, ...).",
-    "explanations": "One row per explanation of a neuron (LLM explainers, revision rounds, baselines).",
-    "simulations": "Simulated activations per explanation and excerpt (valid, calibration splits) and calibration.",
-    "scores": "Correlation scores per explanation and scorer (top_and_random, random_only).",
-    "ablation_scores": "Ablation scores: 1 - E[AvgJSD(simulation)] / E[AvgJSD(mean)] per explanation and scorer.",
-    "revision_sentences": "Test sentences written from explanations, with the subject model's real activations.",
-    "revision_scores": "Scores of original and revised explanations on the original and extended scoring sets.",
-}
-STAGE_SCHEMAS = {
-    "explanations": S.EXPLANATIONS,
-    "simulations": S.SIMULATIONS,
-    "scores": S.SCORES,
-    "ablation_scores": S.ABLATION_SCORES,
-    "revision_sentences": S.REVISION_SENTENCES,
-    "revision_scores": S.REVISION_SCORES,
-}
+EXPORTED_TABLES = ["excerpts", "records", "neuron_stats", *(name for name in STAGE_TABLES if name != "failures")]
+"""Tables a dataset holds (failures are a run's working state, not results)."""
 
 
 def _json_type(t: pa.DataType) -> dict[str, Any]:
@@ -69,17 +52,18 @@ def _json_type(t: pa.DataType) -> dict[str, Any]:
 
 
 def json_schema(name: str, schema: pa.Schema) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of one row of a table."""
+    """JSON Schema (draft 2020-12) of one row of a table, with each column's description."""
     props = {}
     for f in schema:
         t = _json_type(f.type)
         if f.nullable:
             t = {"anyOf": [t, {"type": "null"}]}
-        props[f.name] = t
+        description = (f.metadata or {}).get(b"description")
+        props[f.name] = {**t, "description": description.decode()} if description else t
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": name,
-        "description": DESCRIPTIONS.get(name, ""),
+        "description": table_description(name),
         "type": "object",
         "properties": props,
         "required": [f.name for f in schema],
@@ -89,12 +73,7 @@ def json_schema(name: str, schema: pa.Schema) -> dict[str, Any]:
 
 def _read_dir(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
     files = sorted(path.glob("*.parquet")) if path.is_dir() else []
-    if not files:
-        return None
-    try:
-        return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RunDirError(f"cannot read {path}: {e}") from e
+    return read_parquet(files, schema=schema, what=path.name) if files else None
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -130,18 +109,14 @@ def export_dataset(run_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
     (out / "data").mkdir(parents=True)
     (out / "schemas").mkdir()
     act_type = pa.float16() if manifest["harvest"].get("record_dtype") == "float16" else pa.float32()
-    sources = {
-        "excerpts": (store.excerpts_dir, S.EXCERPTS),
-        "records": (store.root / "records", S.records_schema(act_type)),
-        "neuron_stats": (store.root / "neuron_stats", S.NEURON_STATS),
-        **{name: (store.root / name, sch) for name, sch in STAGE_SCHEMAS.items()},
-    }
+    folders = {"excerpts": store.excerpts_dir}
+    sources = {name: (folders.get(name, store.root / name), table_schema(name, act_type)) for name in EXPORTED_TABLES}
     counts = {}
     for name, (path, sch) in sources.items():
         table = _read_dir(path, sch)
         if table is None:
             continue
-        meta = {"description": DESCRIPTIONS[name], "neuron_explainer_version": __version__, "table": name}
+        meta = {"description": table_description(name), "neuron_explainer_version": __version__, "table": name}
         table = _sorted(table).replace_schema_metadata({k: v for k, v in meta.items()})
         pq.write_table(table, out / "data" / f"{name}.parquet", compression="zstd")
         (out / "schemas" / f"{name}.schema.json").write_text(json.dumps(json_schema(name, sch), indent=1))
@@ -154,7 +129,7 @@ def export_dataset(run_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
 def _card(manifest: dict[str, Any], counts: dict[str, int], summary: str) -> str:
     h = manifest["harvest"]
     model, corpus = h.get("model", {}), h.get("corpus", {})
-    rows = "\n".join(f"| `{name}` | {n:,} | {DESCRIPTIONS[name]} |" for name, n in counts.items())
+    rows = "\n".join(f"| `{name}` | {n:,} | {table_description(name)} |" for name, n in counts.items())
     return f"""# Neuron explanations: {model.get("spec", model.get("id", "unknown model"))}
 
 Automatic explanations of MLP neurons, made with neuron-explainer {__version__} after Bills et al.,

@@ -31,6 +31,14 @@ class BackendError(NeuronExplainerError):
     """A back end failed (after retries, if the failure was retryable)."""
 
 
+class RetryableBackendError(BackendError):
+    """A failure worth another attempt: a timeout, a lost connection, HTTP 408/409/429/5xx, a malformed answer.
+
+    Back ends raise it from one attempt; the managed wrapper (llm/managed.py) retries it and, when the
+    attempts run out, raises a plain BackendError saying so.
+    """
+
+
 @dataclass(frozen=True)
 class Message:
     """One chat message."""

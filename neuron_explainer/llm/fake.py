@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from neuron_explainer.llm.base import Capability, CapabilityError, GenerateParams, Message, TokenLogprobs
 
@@ -30,27 +31,33 @@ class FakeBackend:
 
     completions: Sequence[str] = ("a placeholder explanation",)
     oracle: Oracle | None = None
+    responder: Callable[[Sequence[Message]], str] | None = None
+    """If set, answers every generate call instead of cycling `completions`."""
     name: str = "fake"
     model: str = "fake-model"
     supports_prefill: bool = False
     """Pretend a trailing assistant message is continued (as the local back end does)."""
-    calls: list[tuple[str, object]] = field(default_factory=list)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     """Tokens sent and received, by the fake tokeniser's count."""
 
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        """GENERATE always; PROMPT_LOGPROBS when an oracle is set."""
-        caps = {Capability.GENERATE}
-        if self.oracle is not None:
-            caps.add(Capability.PROMPT_LOGPROBS)
-        return frozenset(caps)
+    capabilities: frozenset[Capability] = field(init=False)
+    """GENERATE always; PROMPT_LOGPROBS when an oracle is set (kept current when `oracle` changes)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "oracle":
+            caps = {Capability.GENERATE} | ({Capability.PROMPT_LOGPROBS} if value is not None else set())
+            super().__setattr__("capabilities", frozenset(caps))
 
     async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
         """Return the next `params.n` scripted completions (cycling)."""
         start = sum(payload[1].n for method, payload in self.calls if method == "generate")  # samples so far
         self.calls.append(("generate", (tuple(messages), params)))
-        out = [self.completions[(start + i) % len(self.completions)] for i in range(params.n)]
+        if self.responder is not None:
+            out = [self.responder(messages) for _ in range(params.n)]
+        else:
+            out = [self.completions[(start + i) % len(self.completions)] for i in range(params.n)]
         self.usage["prompt_tokens"] += sum(len(fake_tokenize(m.content)) for m in messages)
         self.usage["completion_tokens"] += sum(len(fake_tokenize(o)) for o in out)
         return out
@@ -81,3 +88,20 @@ def hashed_oracle(prompt: str, tokens: list[tuple[str, int]], i: int) -> tuple[t
     row_token = tokens[i - 1][0]
     level = hashlib.sha256(row_token.encode()).digest()[0] % 10
     return ((str(level), -0.2), (str((level + 3) % 10), -1.8))
+
+
+def scripted_answer(messages: Sequence[Message]) -> str:
+    """A plausible answer to each of the pipeline's prompts, for whole-pipeline tests and dry runs.
+
+    A request for numbered test sentences (the revision prompt) gets four short sentences; anything
+    else gets a short explanation.
+    """
+    last = messages[-1]
+    asking_sentences = (last.role == "assistant" and last.content.strip() == "1.") or (
+        last.role == "user" and last.content.startswith("Explanation: the main thing this neuron does is find")
+    )
+    if asking_sentences:
+        return (
+            " the cat sat on the red mat\n2. a dog ran under the old tree\n3. the king reads a book\n4. one two three"
+        )
+    return " tokens of this kind."

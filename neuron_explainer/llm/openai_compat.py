@@ -4,20 +4,28 @@ Transport only, plus pure `build_*` / `parse_*` helpers that tests exercise with
 completions serve `generate`; legacy completions with `echo` + `logprobs` serve `prompt_logprobs`, and
 against vLLM (`logprobs_api="vllm"`) its `prompt_logprobs` extension supplies the distributions, keyed by
 token id, so two tokens that decode to the same text cannot merge.
-Retries are classified: 408/409/429/5xx, timeouts and connection errors back off with jitter; other
-4xx (a bad API key above all) fail at once with a clear message. The API key is read from an environment
-variable when the back end is built, and is never logged or stored.
+One call is one attempt. Failures are classified: 408/409/429/5xx, timeouts, connection errors and
+malformed answers (a body that is not JSON, no choices) raise RetryableBackendError, which the managed
+wrapper (llm/managed.py) retries; other 4xx (a bad API key above all) fail at once with a clear
+message. The API key is read from an environment variable when the back end is built, and is never
+logged or stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from neuron_explainer.llm.base import BackendError, Capability, GenerateParams, Message, TokenLogprobs
+from neuron_explainer.llm.base import (
+    BackendError,
+    Capability,
+    GenerateParams,
+    Message,
+    RetryableBackendError,
+    TokenLogprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +135,9 @@ def parse_echo_logprobs(prompt: str, logprobs: dict[str, Any]) -> list[TokenLogp
     out = []
     for i in range(n):
         j = i + 1 - shift  # index of the distribution predicting token i + 1
-        top = dict(tops[j]) if 0 <= j < len(tops) and tops[j] else {}
-        if shift == 1 and own[i] is not None and abs(top.get(tokens[i], 1e9) - own[i]) < 1e-6:
+        top = dict(tops[j] or {}) if 0 <= j < len(tops) else {}
+        own_i = own[i]
+        if shift == 1 and own_i is not None and abs(top.get(tokens[i], 1e9) - own_i) < 1e-6:
             del top[tokens[i]]  # the server's inserted own-token entry, not part of this distribution
         ordered = tuple(sorted(top.items(), key=lambda kv: -kv[1]))
         out.append(TokenLogprobs(tokens[i], int(offsets[i]), ordered))
@@ -152,11 +161,12 @@ def _alignment(tokens: list[str], own: list[float | None], tops: list[dict[str, 
 
     same = nxt = total = 0
     for i in range(1, len(tokens) - 1):
-        if not tops[i]:
+        dist = tops[i]
+        if not dist:
             continue
         total += 1
-        same += argmax(tops[i]) == tokens[i]
-        nxt += argmax(tops[i], skip=tokens[i]) == tokens[i + 1]
+        same += argmax(dist) == tokens[i]
+        nxt += argmax(dist, skip=tokens[i]) == tokens[i + 1]
     if total == 0 or max(same, nxt) < 0.05 * total:
         raise BackendError(
             f"cannot align the server's echoed logprobs with its tokens ({same}/{total} positions fit "
@@ -165,15 +175,23 @@ def _alignment(tokens: list[str], own: list[float | None], tops: list[dict[str, 
     return 1 if nxt > same else 0
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether a failed request should be retried."""
+def classify(exc: BaseException, base_url: str, api_key_env: str) -> BackendError:
+    """The typed error of one failed request: retryable (timeouts, 408/409/429/5xx) or not (other 4xx)."""
     import openai
 
-    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
-        return True
+    if isinstance(exc, openai.AuthenticationError):
+        return BackendError(f"{base_url} refused the API key (HTTP 401): set ${api_key_env}")
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRYABLE_STATUS
-    return False
+        if exc.status_code in RETRYABLE_STATUS:
+            return RetryableBackendError(f"{base_url} answered HTTP {exc.status_code}: {exc.message}"[:500])
+        return BackendError(f"{base_url} answered HTTP {exc.status_code} (not retryable): {exc.message}"[:500])
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return RetryableBackendError(f"{base_url} unreachable or timed out: {exc}")
+    return RetryableBackendError(f"{base_url} sent a malformed answer: {type(exc).__name__}: {exc}"[:500])
+
+
+MALFORMED = (ValueError, KeyError, IndexError, TypeError, AttributeError)
+"""What reading a response that is not the documented JSON raises (JSONDecodeError is a ValueError)."""
 
 
 class OpenAICompatBackend:
@@ -186,9 +204,6 @@ class OpenAICompatBackend:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 120.0,
-        max_concurrent: int = 8,
-        max_attempts: int = 6,
-        max_wait: float = 30.0,
         prompt_logprobs: bool = True,
         logprobs_api: str = "echo",
         http_client: Any = None,
@@ -210,62 +225,54 @@ class OpenAICompatBackend:
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=key, timeout=timeout, max_retries=0, http_client=http_client
         )
-        self._sem = asyncio.Semaphore(max_concurrent)
-        self.max_attempts = max_attempts
-        self.max_wait = max_wait
         self.requests = 0
-        """HTTP requests sent, retries included."""
+        """HTTP requests sent (each retry by the managed wrapper is one more)."""
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         """Tokens as the server's `usage` reports them (successful responses only)."""
 
     async def _call(self, fn: Any, **body: Any) -> Any:
+        """One attempt; every failure becomes a typed BackendError (retryable or not)."""
         import openai
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.max_attempts),
-            wait=wait_random_exponential(multiplier=0.5, max=self.max_wait),
-            reraise=True,
-        )
+        self.requests += 1
         try:
-            async with self._sem:
-                async for attempt in retrying:
-                    with attempt:
-                        self.requests += 1
-                        resp = await fn(**body)
-                        usage = getattr(resp, "usage", None)
-                        if usage is not None:
-                            self.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
-                            self.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
-                        return resp
-        except openai.AuthenticationError as e:
-            raise BackendError(f"{self.base_url} refused the API key (HTTP 401): set ${self.api_key_env}") from e
-        except openai.APIStatusError as e:
-            kind = "after retries" if e.status_code in RETRYABLE_STATUS else "(not retryable)"
-            raise BackendError(f"{self.base_url} answered HTTP {e.status_code} {kind}: {e.message}"[:500]) from e
-        except (openai.APITimeoutError, openai.APIConnectionError) as e:
-            raise BackendError(
-                f"{self.base_url} unreachable or timed out after {self.max_attempts} attempts: {e}"
-            ) from e
-        raise AssertionError("unreachable")
+            resp = await fn(**body)
+        except (openai.OpenAIError, *MALFORMED) as e:
+            raise classify(e, self.base_url, self.api_key_env) from e
+        usage = getattr(resp, "usage", None)
+        if usage is not None:
+            self.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+            self.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
+        return resp
+
+    def _malformed(self, what: str) -> RetryableBackendError:
+        return RetryableBackendError(f"{self.base_url} sent a malformed answer: {what}")
 
     async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
         """Chat completions; one string per choice."""
         resp = await self._call(
             self._client.chat.completions.create, **build_chat_payload(self.model, messages, params)
         )
-        return [c.message.content or "" for c in resp.choices]
+        try:
+            texts = [c.message.content or "" for c in resp.choices]
+        except MALFORMED as e:
+            raise self._malformed(f"{type(e).__name__}: {e}") from e
+        if len(texts) != params.n:
+            raise self._malformed(f"{len(texts)} choices for {params.n} requested")
+        return texts
 
     async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Prompt logprobs from /completions: echo, or vLLM's prompt_logprobs (`include` is ignored over HTTP)."""
         build = build_vllm_payload if self.logprobs_api == "vllm" else build_echo_payload
         resp = await self._call(self._client.completions.create, **build(self.model, prompt, top_k))
-        choice = resp.choices[0]
-        lp = choice.logprobs
-        if lp is None:
+        try:
+            choice = resp.choices[0]
+            lp = choice.logprobs
+            echo = None if lp is None else lp.model_dump() if hasattr(lp, "model_dump") else dict(lp)
+        except MALFORMED as e:
+            raise self._malformed(f"{type(e).__name__}: {e}") from e
+        if echo is None:
             raise BackendError(f"{self.base_url} returned no logprobs for an echo request")
-        echo = lp.model_dump() if hasattr(lp, "model_dump") else dict(lp)
         if self.logprobs_api == "vllm":
             extra = getattr(choice, "model_extra", None) or {}
             return parse_vllm_prompt_logprobs(prompt, echo, extra.get("prompt_logprobs"))

@@ -37,6 +37,23 @@ class SimulatorTemplate:
     examples: tuple[FewShotSimulation, ...]
     view: str = "current_token"
     """How activations pair with tokens (neuron_explainer/records/views.py); set in the .md front matter."""
+    name: str = "v1"
+    """The version name the template was loaded as (`v1` for `all_at_once_v1.md`)."""
+    one_at_a_time_intro: str | None = None
+    """Instructions of the one-at-a-time simulator (`one_at_a_time_<name>.md`), if that file exists."""
+    logprob_free_intro: str | None = None
+    """Instructions of the logprob-free simulator (`logprob_free_<name>.md`), if that file exists."""
+
+    def intro_for(self, method: str) -> str:
+        """The instructions of `method` (one_at_a_time or logprob_free) in this version.
+
+        Raises:
+            ConfigError: this version has no template for that method.
+        """
+        text = self.one_at_a_time_intro if method == "one_at_a_time" else self.logprob_free_intro
+        if text is None:
+            raise ConfigError(f"simulator prompt version {self.name!r} has no {method}_{self.name}.md template")
+        return text
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,15 @@ def _view(path: Path, meta: dict[str, Any]) -> str:
     return view
 
 
+def read_prompt(path: Path) -> str:
+    """A prompt file's text, stripped.
+
+    Raises:
+        ConfigError: the file does not exist.
+    """
+    return _read(path)
+
+
 def _read(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"prompt file not found: {path}")
@@ -139,7 +165,16 @@ def load_simulator_template(prompts_dir: str | None = None, version: str = "v1")
     md = root / "simulator" / f"all_at_once_{version}.md"
     meta, intro = _front_matter(md, _read(md))
     _check_meta(md, meta, {"view"})
-    return SimulatorTemplate(f"simulator/all_at_once_{version}", intro, tuple(examples), view=_view(md, meta))
+    other = {m: root / "simulator" / f"{m}_{version}.md" for m in ("one_at_a_time", "logprob_free")}
+    return SimulatorTemplate(
+        f"simulator/all_at_once_{version}",
+        intro,
+        tuple(examples),
+        view=_view(md, meta),
+        name=version,
+        one_at_a_time_intro=_read(other["one_at_a_time"]) if other["one_at_a_time"].is_file() else None,
+        logprob_free_intro=_read(other["logprob_free"]) if other["logprob_free"].is_file() else None,
+    )
 
 
 @cache

@@ -1,4 +1,4 @@
-"""The two puzzle benchmarks (METHOD.md §8): scorer and explainer.
+"""The two puzzle benchmarks (docs/method.md, "Puzzles"): scorer and explainer.
 
 - **scorer**: simulate every candidate explanation (the true one, the hand-written near misses and the
   generated top-tokens one) on all of a puzzle's sentences; the true one should rank first.
@@ -21,26 +21,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from neuron_explainer.datatypes import ActivationRecord, Failure
-from neuron_explainer.errors import NeuronExplainerError
-from neuron_explainer.explain.explainer import explain, parse_explanation
-from neuron_explainer.explain.revision import (
-    RevisionTemplates,
-    build_revise_messages,
-    build_sentence_messages,
-    parse_sentences,
-    split_sentences,
-)
-from neuron_explainer.llm.base import GenerateParams, LLMBackend, Message
+from neuron_explainer.errors import ConfigError, NeuronExplainerError
+from neuron_explainer.explain.explainer import explain
+from neuron_explainer.llm.base import BackendError, GenerateParams, LLMBackend, Message
 from neuron_explainer.prompts.templates import ExplainerTemplate
 from neuron_explainer.puzzles.puzzle import Puzzle, tokenize_marked, top_tokens_explanation
-from neuron_explainer.simulate.simulator import RecordSimulator
+from neuron_explainer.revise import (
+    RevisionTemplates,
+    TestSentenceError,
+    gather_evidence,
+    generation_params,
+    revise_explanation,
+    write_test_sentences,
+)
+from neuron_explainer.simulate.methods import RecordSimulator
 
 SOLVED_MARGIN = 0.1
 BASELINE_EXPLAINERS = ("top_tokens", "lookup")
-
-
-Simulator = RecordSimulator
-"""The puzzle benchmarks' simulator (kept under this name for callers)."""
+SENTENCE_TOKENS = 400
+"""Completion budget of the explainer's list of test sentences."""
 
 
 def _rank_key(score: float | None) -> float:
@@ -50,7 +49,9 @@ def _rank_key(score: float | None) -> float:
 ProgressFn = Callable[[str, int, int], None]
 
 
-async def scorer_benchmark(puzzles: Sequence[Puzzle], sim: Simulator, progress: ProgressFn | None = None) -> list[dict]:
+async def scorer_benchmark(
+    puzzles: Sequence[Puzzle], sim: RecordSimulator, progress: ProgressFn | None = None
+) -> list[dict]:
     """One row per (puzzle, candidate): its score and rank; the true candidate is `is_true`."""
     rows = []
     for done, p in enumerate(puzzles, 1):
@@ -117,40 +118,31 @@ async def _llm_explain(setup: ExplainerSetup, records: Sequence[ActivationRecord
     return out
 
 
-async def _revise(setup: ExplainerSetup, sim: Simulator, p: Puzzle, explanation: str) -> str | Failure:
+async def _revise(setup: ExplainerSetup, sim: RecordSimulator, p: Puzzle, explanation: str) -> str | Failure:
     """One revision round; the puzzle neuron's responses are the simulator's under the true explanation."""
     assert setup.backend is not None and setup.template is not None and setup.revision is not None
-    prefill = bool(getattr(setup.backend, "supports_prefill", False))
-    messages = build_sentence_messages(setup.revision, explanation)
-    params = GenerateParams(max_tokens=400, temperature=setup.temperature, seed=setup.seed)
-    (raw,) = await setup.backend.generate(messages if prefill else messages[:-1], params)
+    params = generation_params(setup.temperature, setup.max_tokens, setup.seed)
+
+    async def respond(sentence: str) -> ActivationRecord:
+        r = tokenize_marked(sentence.replace("{", "(").replace("}", ")"))
+        (values,) = await sim(p.explanation, [r])
+        return ActivationRecord(tokens=r.tokens, activations=values)
+
     try:
-        sentences = parse_sentences(raw, prefilled=prefill)
-        new = []
-        for s in sentences:
-            r = tokenize_marked(s.replace("{", "(").replace("}", ")"))
-            (values,) = await sim(p.explanation, [r])
-            new.append(ActivationRecord(tokens=r.tokens, activations=values))
-    except NeuronExplainerError as e:
-        return Failure(stage="revise", kind="parse", message=str(e), raw=raw)
-    rev_idx, _ = split_sentences(sentences)
-    msgs = build_revise_messages(setup.revision, setup.template, p.evidence, explanation, [new[i] for i in rev_idx])
-    if prefill:
-        msgs.append(Message("assistant", setup.template.answer_prefix))
-    (raw,) = await setup.backend.generate(
-        msgs, GenerateParams(max_tokens=setup.max_tokens, temperature=setup.temperature, seed=setup.seed)
+        sentences = await write_test_sentences(setup.backend, setup.revision, explanation, params, SENTENCE_TOKENS)
+        tested = await gather_evidence(sentences, respond)
+    except TestSentenceError as e:
+        return Failure(stage="revise", kind="parse", message=str(e), raw=e.raw)
+    except NeuronExplainerError as e:  # an untokenizable sentence, or a back end that gave up
+        return Failure(stage="revise", kind="backend" if isinstance(e, BackendError) else "parse", message=str(e))
+    return await revise_explanation(
+        setup.backend, setup.revision, setup.template, p.evidence, explanation, tested.split("revision"), params
     )
-    try:
-        return parse_explanation(
-            raw, answer_prefix=setup.template.answer_prefix, explanation_prefix=setup.template.explanation_prefix
-        )
-    except NeuronExplainerError as e:
-        return Failure(stage="revise", kind="parse", message=str(e), raw=raw)
 
 
 async def explainer_benchmark(
     puzzles: Sequence[Puzzle],
-    sim: Simulator,
+    sim: RecordSimulator,
     setup: ExplainerSetup,
     revise: bool,
     progress: ProgressFn | None = None,
@@ -162,7 +154,10 @@ async def explainer_benchmark(
         false_scores = [await sim.score(f, p.held_out) for f in p.false_explanations]
         rounds: list[tuple[str, str | Failure]] = []
         if setup.explainer == "top_tokens":
-            rounds.append(("original", top_tokens_explanation(p.evidence)))
+            try:
+                rounds.append(("original", top_tokens_explanation(p.evidence)))
+            except ConfigError as e:  # no token of the evidence reaches the high level: nothing to list
+                rounds.append(("original", Failure(stage="explain", kind="data", message=str(e))))
         elif setup.explainer == "lookup":
             rounds.append(("original", lookup_explanation(p.evidence)))
         else:

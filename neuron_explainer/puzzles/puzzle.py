@@ -1,4 +1,4 @@
-"""Neuron puzzles: synthetic neurons with a known explanation (METHOD.md §8). Format in docs/puzzles.md.
+"""Neuron puzzles: synthetic neurons with a known explanation (docs/method.md, "Puzzles"; docs/puzzles.md).
 
 A puzzle file is YAML: a list of puzzles, each with `id`, `theme`, `explanation` (the ground truth),
 `false_explanations` (hand-written near misses) and `sentences`, where `{token|level}` marks a token
@@ -38,16 +38,22 @@ class Puzzle:
     """Hand-written near misses, then the generated three-most-common-tokens explanation."""
     records: tuple[ActivationRecord, ...]
     """Every sentence, activations 0-10."""
+    evidence_idx: tuple[int, ...] | None = None
+    """Indices of the sentences shown to an explainer (None: the even positions)."""
 
     @property
     def evidence(self) -> list[ActivationRecord]:
-        """Sentences shown to an explainer (even positions)."""
-        return list(self.records[0::2])
+        """Sentences shown to an explainer."""
+        if self.evidence_idx is None:
+            return list(self.records[0::2])
+        return [self.records[i] for i in self.evidence_idx]
 
     @property
     def held_out(self) -> list[ActivationRecord]:
-        """Sentences an explanation is judged on (odd positions)."""
-        return list(self.records[1::2])
+        """Sentences an explanation is judged on (all the others)."""
+        if self.evidence_idx is None:
+            return list(self.records[1::2])
+        return [r for i, r in enumerate(self.records) if i not in set(self.evidence_idx)]
 
 
 def tokenize_marked(sentence: str) -> ActivationRecord:
@@ -92,6 +98,9 @@ def top_tokens_explanation(records: list[ActivationRecord]) -> str:
 def load_puzzles(path: str | Path | None = None) -> list[Puzzle]:
     """Load and validate a puzzle file (default: puzzles/puzzles_v1.yaml).
 
+    A `.json` file is read in the layout of OpenAI's published puzzles (puzzles/openai_json.py); any
+    other file as our YAML format (docs/puzzles.md).
+
     Raises:
         ConfigError: a missing file, malformed YAML, a missing field, duplicate ids, too few false
             explanations, a puzzle that never fires or always fires, or an untokenizable sentence.
@@ -99,6 +108,10 @@ def load_puzzles(path: str | Path | None = None) -> list[Puzzle]:
     path = Path(path) if path else DEFAULT_PUZZLES
     if not path.is_file():
         raise ConfigError(f"puzzle file not found: {path}")
+    if path.suffix == ".json":
+        from neuron_explainer.puzzles.openai_json import load_openai_puzzles
+
+        return load_openai_puzzles(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -7,13 +7,13 @@ from the shards' kept records with the same ordering keys, and moments merge wit
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM, stats_table
@@ -21,16 +21,13 @@ from neuron_explainer.activations.reducers import Moments, excerpt_keys
 from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.schema import RECORDS_WRITE_OPTIONS
-from neuron_explainer.records.store import RunStore, write_table_atomic
+from neuron_explainer.records.store import RunStore, read_parquet, write_table_atomic
 
 _SHARD_FIELDS = ("excerpt_range", "layers")
 
 
 def _read(path: Path) -> pa.Table:
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RunDirError(f"{path} is corrupt or unreadable: {e}") from e
+    return read_parquet(path, what=path.name)
 
 
 def _select(table: pa.Table, seed: int, cfg: HarvestConfig) -> pa.Table:
@@ -77,11 +74,11 @@ def _merge_stats(tables: list[pa.Table]) -> pa.Table:
     first = tables[0]
     if first["neuron"].to_pylist() != list(range(first.num_rows)):
         raise RunDirError("neuron_stats rows are not the neurons 0..N-1 in order")
-    bounds = np.stack(first["quantile_boundaries"].to_numpy(zero_copy_only=False))
-    return stats_table(int(first["layer"][0].as_py()), merged, bounds)
+    stacked = np.stack(first["quantile_boundaries"].to_numpy(zero_copy_only=False))
+    return stats_table(int(first["layer"][0].as_py()), merged, stacked)
 
 
-def merge_runs(shards: list[str | Path], out: str | Path) -> dict[str, Any]:
+def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     """Merge completed harvest shards into `out`; returns the merged manifest.
 
     Raises:

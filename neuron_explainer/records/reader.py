@@ -1,29 +1,24 @@
-"""Read harvested neurons back as domain types (NeuronRecord, NeuronStats)."""
+"""Read harvested neurons back as domain types (NeuronRecord, NeuronStats), refusing corrupt values."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from neuron_explainer.datatypes import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from neuron_explainer.datatypes import N_BUCKETS, ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 from neuron_explainer.errors import RunDirError
-from neuron_explainer.records.store import RunStore
-
-N_BUCKETS = 5
+from neuron_explainer.records.store import RunStore, read_parquet
 
 
 def _read(path: Path, neuron: int, what: str) -> pa.Table:
     if not path.exists():
         raise RunDirError(f"{path} is missing: this layer was not harvested in this run")
-    try:
-        return pq.read_table(path, filters=[("neuron", "=", neuron)])
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RunDirError(f"{what} file {path} is corrupt or unreadable: {e}") from e
+    return read_parquet(path, filters=[("neuron", "=", neuron)], what=f"{what} file")
 
 
 def _check_neuron(manifest: dict, layer: int, neuron: int) -> None:
@@ -34,7 +29,7 @@ def _check_neuron(manifest: dict, layer: int, neuron: int) -> None:
         raise RunDirError(f"neuron {neuron} out of range: layers have neurons 0..{harvest['n_neurons'] - 1}")
 
 
-def _excerpt_column(store: RunStore, excerpt_ids: Sequence[int], column: str) -> dict[int, list]:
+def excerpt_column(store: RunStore, excerpt_ids: Sequence[int], column: str) -> dict[int, list]:
     """One column of the excerpts table for the given excerpt ids, by id.
 
     Raises:
@@ -42,12 +37,12 @@ def _excerpt_column(store: RunStore, excerpt_ids: Sequence[int], column: str) ->
     """
     if not excerpt_ids:
         return {}
-    try:
-        table = ds.dataset(store.excerpts_dir, format="parquet").to_table(
-            columns=["excerpt_id", column], filter=pc.field("excerpt_id").isin(list(excerpt_ids))
-        )
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RunDirError(f"excerpt files under {store.excerpts_dir} are corrupt or unreadable: {e}") from e
+    parts = sorted(store.excerpts_dir.glob("*.parquet"))
+    if not parts:
+        raise RunDirError(f"{store.excerpts_dir} holds no excerpt files: the run is incomplete")
+    table = read_parquet(
+        parts, columns=["excerpt_id", column], filter=pc.field("excerpt_id").isin(list(excerpt_ids)), what="excerpts"
+    )
     found = dict(zip(table["excerpt_id"].to_pylist(), table[column].to_pylist(), strict=True))
     missing = set(excerpt_ids) - set(found)
     if missing:
@@ -57,22 +52,29 @@ def _excerpt_column(store: RunStore, excerpt_ids: Sequence[int], column: str) ->
 
 def read_excerpts(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[str]]:
     """Token strings of the given excerpts, by id (RunDirError if any is missing or unreadable)."""
-    return _excerpt_column(store, excerpt_ids, "tokens")
+    return excerpt_column(store, excerpt_ids, "tokens")
 
 
 def read_token_ids(store: RunStore, excerpt_ids: Sequence[int]) -> dict[int, list[int]]:
     """Token ids of the given excerpts, by id (RunDirError if any is missing or unreadable)."""
-    return _excerpt_column(store, excerpt_ids, "token_ids")
+    return excerpt_column(store, excerpt_ids, "token_ids")
 
 
 def load_neuron_stats(run_dir: str | Path, layer: int, neuron: int) -> NeuronStats:
-    """Summary statistics of one harvested neuron."""
+    """Summary statistics of one harvested neuron.
+
+    Raises:
+        RunDirError: the run is incomplete, the neuron was not harvested, or its statistics are corrupt.
+    """
     store = RunStore(run_dir)
     _check_neuron(store.require_harvest(), layer, neuron)
     rows = _read(store.stats_path(layer), neuron, "neuron_stats").to_pylist()
     if len(rows) != 1:
         raise RunDirError(f"neuron_stats for layer {layer} has {len(rows)} rows for neuron {neuron}, expected 1")
     row = rows[0]
+    for key in ("mean", "variance"):
+        if row[key] is None or not math.isfinite(row[key]):
+            raise RunDirError(f"layer {layer} neuron {neuron}: its {key} in {store.stats_path(layer)} is not finite")
     return NeuronStats(
         neuron_id=NeuronId(layer_index=layer, neuron_index=neuron),
         count=row["count"],
@@ -90,22 +92,39 @@ def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
+def _checked_record(row: dict[str, Any], tokens: list[str], layer: int, neuron: int, path: Path) -> ActivationRecord:
+    acts = row["activations"]
+    if any(a is None or not math.isfinite(a) for a in acts):
+        raise RunDirError(
+            f"layer {layer} neuron {neuron}: the record of excerpt {row['excerpt_id']} in {path} holds non-finite "
+            "activations (NaN or inf); the file is corrupt or was imported with missing values"
+        )
+    if len(acts) != len(tokens):
+        raise RunDirError(
+            f"layer {layer} neuron {neuron}: the record of excerpt {row['excerpt_id']} has {len(acts)} activations "
+            f"for {len(tokens)} tokens"
+        )
+    return ActivationRecord(tokens=tokens, activations=acts, excerpt_id=row["excerpt_id"])
+
+
 def load_neuron_record(run_dir: str | Path, layer: int, neuron: int) -> NeuronRecord:
     """Everything harvest kept for one neuron, with token strings, as a NeuronRecord.
 
     Raises:
-        RunDirError: the run is missing or incomplete, the neuron was not harvested, or a file is corrupt.
+        RunDirError: the run is missing or incomplete, the neuron was not harvested, a file is corrupt,
+            or a record holds non-finite activations.
     """
     store = RunStore(run_dir)
     _check_neuron(store.require_harvest(), layer, neuron)
     stats = load_neuron_stats(run_dir, layer, neuron)
-    rows = _read(store.records_path(layer), neuron, "records").to_pylist()
+    path = store.records_path(layer)
+    rows = _read(path, neuron, "records").to_pylist()
     tokens = read_excerpts(store, sorted({r["excerpt_id"] for r in rows}))
     top: list[tuple[int, ActivationRecord]] = []
     random: list[tuple[int, ActivationRecord]] = []
     buckets: list[list[tuple[int, ActivationRecord]]] = [[] for _ in range(N_BUCKETS)]
     for r in rows:
-        rec = ActivationRecord(tokens=tokens[r["excerpt_id"]], activations=r["activations"], excerpt_id=r["excerpt_id"])
+        rec = _checked_record(r, tokens[r["excerpt_id"]], layer, neuron, path)
         if r["kind"] == "top":
             top.append((r["rank"], rec))
         elif r["kind"] == "random":

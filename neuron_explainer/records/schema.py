@@ -1,59 +1,26 @@
-"""Arrow schemas of every harvest table, with SCHEMA_VERSION. Documented in docs/data_format.md."""
+"""Arrow schemas of every table of a run, built from records/tables.yaml, and SCHEMA_VERSION.
+
+The YAML file is the one place a column is declared: its type, whether it may be null, and what it
+means. The description goes into each field's metadata, so a Parquet file read on its own still says
+what its columns are, and the exported dataset's JSON Schemas describe every column. The schemas are
+built on first use (module attributes such as `EXPLANATIONS`), never at import. Documented in
+docs/data_format.md.
+"""
 
 from __future__ import annotations
 
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
 import pyarrow as pa
+import yaml
 
 SCHEMA_VERSION = 1
-"""Bump on any incompatible change to a table below; readers refuse other versions."""
+"""Bump on any incompatible change to a table; readers refuse other versions."""
 
 RECORD_KINDS = ("top", "random", "quantile")
-
-EXCERPTS = pa.schema(
-    [
-        pa.field("excerpt_id", pa.int32(), nullable=False),
-        pa.field("doc_index", pa.int64(), nullable=False),
-        pa.field("token_start", pa.int32(), nullable=False),
-        pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("tokens", pa.list_(pa.string()), nullable=False),
-    ]
-)
-
-
-def records_schema(activation_type: pa.DataType) -> pa.Schema:
-    """One row per (neuron, kept excerpt); activations stored as float16 or float32."""
-    return pa.schema(
-        [
-            pa.field("layer", pa.int16(), nullable=False),
-            pa.field("neuron", pa.int32(), nullable=False),
-            pa.field("kind", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            pa.field("bucket", pa.int8(), nullable=True),
-            pa.field("rank", pa.int16(), nullable=False),
-            pa.field("excerpt_id", pa.int32(), nullable=False),
-            pa.field("max_activation", pa.float32(), nullable=False),
-            pa.field("activations", pa.list_(activation_type), nullable=False),
-        ]
-    )
-
-
-NEURON_STATS = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),
-        pa.field("mean", pa.float64(), nullable=False),
-        pa.field("variance", pa.float64(), nullable=False),
-        pa.field("skewness", pa.float64(), nullable=True),
-        pa.field("kurtosis", pa.float64(), nullable=True),
-        pa.field("min_activation", pa.float64(), nullable=False),
-        pa.field("max_activation", pa.float64(), nullable=False),
-        pa.field("quantile_boundaries", pa.list_(pa.float64(), 4), nullable=False),
-        pa.field("m2", pa.float64(), nullable=False),
-        pa.field("m3", pa.float64(), nullable=False),
-        pa.field("m4", pa.float64(), nullable=False),
-    ]
-)
-
 
 RECORDS_WRITE_OPTIONS = {
     # float16 activations are near-incompressible as plain bytes; splitting their byte streams and
@@ -63,128 +30,88 @@ RECORDS_WRITE_OPTIONS = {
 }
 """Parquet writer options for `records` tables."""
 
-EXPLANATIONS = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=False),
-        pa.field("explanation", pa.string(), nullable=False),
-        pa.field("explainer", pa.string(), nullable=False),
-        pa.field("prompt_version", pa.string(), nullable=False),
-        pa.field("view", pa.string(), nullable=False),
-        pa.field("sample_idx", pa.int16(), nullable=False),
-        pa.field("round", pa.int16(), nullable=False),
-        pa.field("params_hash", pa.string(), nullable=False),
-    ]
-)
-"""One row per explanation. `explainer` is `backend:model`."""
-
-SIMULATIONS = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("record_kind", pa.string(), nullable=False),
-        pa.field("excerpt_id", pa.int32(), nullable=False),
-        pa.field("expected_values", pa.list_(pa.float32()), nullable=False),
-        pa.field("max_level", pa.int8(), nullable=False),
-        pa.field("simulator", pa.string(), nullable=False),
-        pa.field("prompt_version", pa.string(), nullable=False),
-        pa.field("calibration_slope", pa.float64(), nullable=True),
-        pa.field("calibration_intercept", pa.float64(), nullable=True),
-        pa.field("calibration_error", pa.string(), nullable=True),
-    ]
-)
-"""One row per (explanation, simulated excerpt); expected values in simulated units 0..max_level (uncalibrated).
-
-`split` is `valid` (scored) or `calibration`. The calibration columns repeat on every row of an
-explanation: activation ≈ slope * expected value + intercept, fitted on its calibration rows; null
-with `calibration_error` set when the fit is impossible, null without it when calibration was off."""
-
-ABLATION_SCORES = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=False),
-        pa.field("simulator", pa.string(), nullable=False),
-        pa.field("scorer", pa.string(), nullable=False),
-        pa.field("score", pa.float64(), nullable=True),
-        pa.field("jsd_simulation", pa.float64(), nullable=False),
-        pa.field("jsd_mean", pa.float64(), nullable=False),
-        pa.field("undefined_reason", pa.string(), nullable=True),
-        pa.field("per_excerpt_simulation", pa.list_(pa.float64()), nullable=False),
-        pa.field("per_excerpt_mean", pa.list_(pa.float64()), nullable=False),
-        pa.field("n_excerpts", pa.int32(), nullable=False),
-    ]
-)
-"""One row per (explanation, simulator, scorer); score = 1 - jsd_simulation / jsd_mean (null if undefined)."""
-
-SCORES = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=False),
-        pa.field("scorer", pa.string(), nullable=False),
-        pa.field("correlation", pa.float64(), nullable=True),
-        pa.field("explained_variance", pa.float64(), nullable=True),
-        pa.field("undefined_reason", pa.string(), nullable=True),
-        pa.field("n_tokens", pa.int32(), nullable=False),
-        pa.field("per_excerpt", pa.list_(pa.float64()), nullable=False),
-        pa.field("simulator", pa.string(), nullable=False),
-    ]
-)
-"""One row per (explanation, scorer); `correlation` is null when undefined (see `undefined_reason`)."""
-
-FAILURES = pa.schema(
-    [
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=True),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("raw", pa.string(), nullable=True),
-    ]
-)
-"""Units that produced nothing usable; retried on the next run, never scored."""
+_SCALARS = {
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float16": pa.float16(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+}
+DEFAULT_ACTIVATION = pa.float32()
+"""The record dtype assumed where a table does not depend on it."""
+_LIST = re.compile(r"^list<(\w+)>(?:\[(\d+)\])?$")
+CONSTANTS = {
+    "EXCERPTS": "excerpts",
+    "NEURON_STATS": "neuron_stats",
+    "EXPLANATIONS": "explanations",
+    "SIMULATIONS": "simulations",
+    "SCORES": "scores",
+    "ABLATION_SCORES": "ablation_scores",
+    "REVISION_SENTENCES": "revision_sentences",
+    "REVISION_SCORES": "revision_scores",
+    "FAILURES": "failures",
+}
+"""Module attribute -> table, for the fixed schemas (records depend on the record dtype: records_schema)."""
 
 
-REVISION_SENTENCES = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=False),
-        pa.field("sentence_idx", pa.int16(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("tokens", pa.list_(pa.string()), nullable=False),
-        pa.field("activations", pa.list_(pa.float32()), nullable=False),
-        pa.field("split", pa.string(), nullable=False),
-        pa.field("max_level", pa.int8(), nullable=False),
-        pa.field("false_positive", pa.bool_(), nullable=False),
-        pa.field("explainer", pa.string(), nullable=False),
-    ]
-)
-"""One row per test sentence generated from an explanation: its real activations (subject model), the
-split it serves (`revision` or `scoring`), its strongest level on the neuron's 0-10 evidence scale, and
-whether it is a false positive (level 0: the explanation predicted a response that did not come)."""
+def arrow_type(text: str, activation: pa.DataType = DEFAULT_ACTIVATION) -> pa.DataType:
+    """The Arrow type written `text` in tables.yaml (`activation` stands for the run's record dtype).
 
-REVISION_SCORES = pa.schema(
-    [
-        pa.field("layer", pa.int16(), nullable=False),
-        pa.field("neuron", pa.int32(), nullable=False),
-        pa.field("original_explanation_id", pa.string(), nullable=False),
-        pa.field("arm", pa.string(), nullable=False),
-        pa.field("explanation_id", pa.string(), nullable=False),
-        pa.field("explanation", pa.string(), nullable=False),
-        pa.field("scorer", pa.string(), nullable=False),
-        pa.field("correlation", pa.float64(), nullable=True),
-        pa.field("undefined_reason", pa.string(), nullable=True),
-        pa.field("n_tokens", pa.int32(), nullable=False),
-        pa.field("simulator", pa.string(), nullable=False),
-    ]
-)
-"""One row per (original explanation, arm, scorer). Arms: `original`, `revised` (revision from the test
-sentences), `reexplain` (a fresh explanation from the test sentences alone), `random_revision` (revision
-from random corpus excerpts where the neuron is active). Scorers: `original_set` (top-and-random valid
-excerpts) and `extended_set` (the same plus the scoring test sentences)."""
+    Raises:
+        ValueError: an unknown type name.
+    """
+    if text == "dict<string>":
+        return pa.dictionary(pa.int8(), pa.string())
+    if text == "activation":
+        return activation
+    match = _LIST.match(text)
+    if match:
+        inner = arrow_type(match.group(1), activation)
+        return pa.list_(inner, int(match.group(2))) if match.group(2) else pa.list_(inner)
+    if text not in _SCALARS:
+        raise ValueError(f"unknown column type {text!r} in tables.yaml")
+    return _SCALARS[text]
+
+
+@cache
+def table_specs() -> dict[str, Any]:
+    """tables.yaml as loaded: table -> {description, columns: {name: [type, description]}}."""
+    text = resources.files("neuron_explainer.records").joinpath("tables.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def table_schema(name: str, activation: pa.DataType = DEFAULT_ACTIVATION) -> pa.Schema:
+    """The Arrow schema of table `name`, each field carrying its description."""
+    spec = table_specs()[name]
+    fields = []
+    for column, (type_text, description) in spec["columns"].items():
+        nullable = type_text.endswith("?")
+        field_type = arrow_type(type_text.rstrip("?"), activation)
+        fields.append(pa.field(column, field_type, nullable=nullable, metadata={"description": description}))
+    return pa.schema(fields, metadata={"table": name, "description": spec["description"]})
+
+
+def table_description(name: str) -> str:
+    """What one row of table `name` is."""
+    return str(table_specs()[name]["description"])
+
+
+def records_schema(activation_type: pa.DataType) -> pa.Schema:
+    """One row per (neuron, kept excerpt); activations stored as float16 or float32."""
+    return table_schema("records", activation_type)
+
+
+def __getattr__(name: str) -> pa.Schema:
+    """`EXPLANATIONS`, `SIMULATIONS`, ...: the fixed schemas, built on first use."""
+    if name in CONSTANTS:
+        return _fixed(CONSTANTS[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@cache
+def _fixed(table: str) -> pa.Schema:
+    return table_schema(table)

@@ -10,10 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+from neuron_explainer.datatypes import ActivationRecord, NeuronRecord
+
 T = TypeVar("T")
 
 TOP_SPLITS = ("train", "calibration", "valid", "test")
 RANDOM_SPLITS = ("calibration", "valid", "test")
+N_EXPLAIN_RECORDS = 5
+"""Train-split top records an explanation is written from."""
+N_SCORE_TOP = 5
+"""Top records of a split that are simulated (valid: scored; calibration: fitted)."""
+N_SCORE_RANDOM = 5
+"""Random records of a split that are simulated."""
 
 
 def top_split(records: Sequence[T], split: str) -> list[T]:
@@ -24,3 +32,10 @@ def top_split(records: Sequence[T], split: str) -> list[T]:
 def random_split(records: Sequence[T], split: str) -> list[T]:
     """The random records of one split."""
     return list(records[RANDOM_SPLITS.index(split) :: len(RANDOM_SPLITS)])
+
+
+def scoring_records(record: NeuronRecord, split: str = "valid") -> list[tuple[str, ActivationRecord]]:
+    """The (kind, record) pairs of one split that are simulated: 5 top and 5 random."""
+    top = top_split(record.most_positive_activation_records, split)[:N_SCORE_TOP]
+    rnd = random_split(record.random_sample, split)[:N_SCORE_RANDOM]
+    return [("top", r) for r in top] + [("random", r) for r in rnd]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from neuron_explainer.errors import RunDirError
@@ -31,6 +32,22 @@ def write_table_atomic(table: pa.Table, path: Path, **kwargs: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd", **kwargs)
     os.replace(tmp, path)
+
+
+def read_parquet(
+    paths: Path | list[Path], *, schema: pa.Schema | None = None, what: str = "table", **kwargs: Any
+) -> pa.Table:
+    """Read one Parquet file or several part files as one table; a corrupt file is a RunDirError.
+
+    Keyword arguments go to the reader (`columns`, `filter` for several files, `filters` for one).
+    """
+    try:
+        if isinstance(paths, Path):
+            return pq.read_table(paths, schema=schema, **kwargs)
+        return ds.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table(**kwargs)
+    except (pa.ArrowInvalid, OSError) as e:
+        where = paths if isinstance(paths, Path) else (paths[0].parent if paths else "?")
+        raise RunDirError(f"{what} under {where} is corrupt or unreadable: {e}") from e
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""How activations are paired with tokens when explaining and simulating (METHOD.md §3). Pure.
+"""How activations are paired with tokens when explaining and simulating (docs/method.md, "Explain"). Pure.
 
 - `current_token`: activation i beside token i (the default);
 - `next_token`: activation i beside token i + 1, for neurons that anticipate the next token. The view

@@ -7,7 +7,7 @@ distributions, averaged over x's tokens. The score of a simulation s is
     1 - E_x[AvgJSD(s(x))] / E_x[AvgJSD(mean)]
 
 where `mean` replaces n by its mean activation over the corpus: 1 is a perfect simulation, 0 no better
-than the mean (METHOD.md §5). The replacement happens at the hook point harvest reads (the input of
+than the mean (docs/method.md, "Score"). The replacement happens at the hook point harvest reads (the input of
 the MLP's output projection), so the replaced quantity is exactly the harvested activation.
 
 Cost: one clean forward per excerpt batch, shared by every neuron of every layer scored on it, then one

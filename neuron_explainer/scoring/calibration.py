@@ -53,3 +53,18 @@ def fit_calibration(true: Sequence[Sequence[float]], simulated: Sequence[Sequenc
     ds = s - s.mean()
     slope = float((ds * (a - a.mean())).sum() / (ds * ds).sum())
     return LinearCalibration(slope, float(a.mean() - slope * s.mean()), int(a.size))
+
+
+def calibration_columns(calibrate: bool, true: Sequence[Sequence[float]], simulated: Sequence[Sequence[float]]) -> dict:
+    """The calibration columns stored on an explanation's simulation rows.
+
+    Slope and intercept of the fit, or the reason it is impossible in `calibration_error`; all null when
+    calibration is off.
+    """
+    if not calibrate:
+        return {"calibration_slope": None, "calibration_intercept": None, "calibration_error": None}
+    try:
+        cal = fit_calibration(true, simulated)
+    except CalibrationError as e:
+        return {"calibration_slope": None, "calibration_intercept": None, "calibration_error": str(e)}
+    return {"calibration_slope": cal.slope, "calibration_intercept": cal.intercept, "calibration_error": None}

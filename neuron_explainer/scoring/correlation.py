@@ -63,14 +63,14 @@ def score_correlation(true: Sequence[Sequence[float]], simulated: Sequence[Seque
     """
     if len(true) != len(simulated):
         raise ValueError(f"{len(true)} true excerpts but {len(simulated)} simulated")
-    for i, (a, s) in enumerate(zip(true, simulated, strict=True)):
-        if len(a) != len(s):
-            raise ValueError(f"excerpt {i}: {len(a)} true activations but {len(s)} simulated values")
+    for i, (x, y) in enumerate(zip(true, simulated, strict=True)):
+        if len(x) != len(y):
+            raise ValueError(f"excerpt {i}: {len(x)} true activations but {len(y)} simulated values")
     per = tuple(
-        _pearson(np.asarray(a, np.float64), np.asarray(s, np.float64)) for a, s in zip(true, simulated, strict=True)
+        _pearson(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(true, simulated, strict=True)
     )
-    a = np.concatenate([np.asarray(x, np.float64) for x in true]) if true else np.zeros(0)
-    s = np.concatenate([np.asarray(x, np.float64) for x in simulated]) if simulated else np.zeros(0)
+    a: np.ndarray = np.concatenate([np.asarray(x, np.float64) for x in true]) if true else np.zeros(0)
+    s: np.ndarray = np.concatenate([np.asarray(x, np.float64) for x in simulated]) if simulated else np.zeros(0)
     if not (np.isfinite(a).all() and np.isfinite(s).all()):
         raise ValueError("activations and simulations must be finite")
     if a.size < 2:

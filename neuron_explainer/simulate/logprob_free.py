@@ -10,22 +10,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from functools import cache
-from pathlib import Path
 
 from neuron_explainer.datatypes import Simulation
-from neuron_explainer.llm.base import Capability, GenerateParams, LLMBackend, Message, require
+from neuron_explainer.llm.base import Capability, GenerateParams, Message, require
 from neuron_explainer.prompts.formatting import display_token
-from neuron_explainer.prompts.templates import DEFAULT_PROMPTS_DIR, SimulatorTemplate
+from neuron_explainer.prompts.templates import SimulatorTemplate
 from neuron_explainer.simulate.parse import SimulationParseError, rescale_level
+from neuron_explainer.simulate.simulator import SimulatorSetup
 
 _ARRAY = re.compile(r"\[[^\[\]]*\]", re.DOTALL)
-
-
-@cache
-def _intro(prompts_dir: str | None, version: str) -> str:
-    path = (Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR) / "simulator" / f"logprob_free_{version}.md"
-    return path.read_text(encoding="utf-8").strip()
 
 
 def _numbered(tokens: Sequence[str]) -> str:
@@ -37,10 +30,14 @@ def build_logprob_free_messages(
     explanation: str,
     tokens: Sequence[str],
     max_level: int = 10,
-    prompts_dir: str | None = None,
 ) -> list[Message]:
-    """Instructions, the few-shot neurons as user/assistant turns, then the target."""
-    messages = [Message("system", _intro(prompts_dir, "v1").replace("{max_level}", str(max_level)))]
+    """Instructions, the few-shot neurons as user/assistant turns, then the target.
+
+    Raises:
+        ConfigError: the template's version has no logprob-free instructions.
+    """
+    intro = template.intro_for("logprob_free")
+    messages = [Message("system", intro.replace("{max_level}", str(max_level)))]
     for ex in template.examples:
         messages.append(Message("user", f"Explanation: {ex.explanation}\nTokens:\n{_numbered(ex.tokens)}"))
         messages.append(Message("assistant", json.dumps([rescale_level(v, max_level) for v in ex.levels])))
@@ -72,24 +69,19 @@ def parse_levels(text: str, n_tokens: int, max_level: int) -> list[float]:
 
 
 async def simulate_logprob_free(
-    explanation: str,
-    tokens: Sequence[str],
-    backend: LLMBackend,
-    template: SimulatorTemplate,
-    *,
-    max_level: int = 10,
-    max_tokens: int | None = None,
-    prompts_dir: str | None = None,
+    explanation: str, tokens: Sequence[str], setup: SimulatorSetup, max_tokens: int | None = None
 ) -> Simulation:
-    """Simulate one excerpt from a written answer (greedy).
+    """Simulate one excerpt from a written answer (greedy); the scale is `setup.max_level` or 10.
 
     Raises:
         SimulationParseError: the answer is malformed.
+        ConfigError: the template's version has no logprob-free instructions.
     """
-    require(backend, Capability.GENERATE, "logprob-free simulation")
-    messages = build_logprob_free_messages(template, explanation, tokens, max_level, prompts_dir)
+    require(setup.backend, Capability.GENERATE, "logprob-free simulation")
+    max_level = setup.max_level or 10  # written numbers need no single-token labels
+    messages = build_logprob_free_messages(setup.template, explanation, tokens, max_level)
     budget = max_tokens or 4 * len(tokens) + 16
-    (text,) = await backend.generate(messages, GenerateParams(max_tokens=budget, temperature=0.0, n=1))
+    (text,) = await setup.backend.generate(messages, GenerateParams(max_tokens=budget, temperature=0.0, n=1))
     values = parse_levels(text, len(tokens), max_level)
     return Simulation(
         tokens=list(tokens),
@@ -97,6 +89,6 @@ async def simulate_logprob_free(
         distribution_values=[[int(v)] for v in values],
         distribution_probabilities=[[1.0] for _ in values],
         max_level=max_level,
-        simulator=f"{backend.name}:{backend.model}",
-        prompt_version="simulator/logprob_free_v1",
+        simulator=setup.name,
+        prompt_version=f"simulator/logprob_free_{setup.template.name}",
     )

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from functools import cache
-from pathlib import Path
 
 from neuron_explainer.datatypes import Simulation
-from neuron_explainer.llm.base import Capability, LLMBackend, require
-from neuron_explainer.prompts.templates import DEFAULT_PROMPTS_DIR, SimulatorTemplate
+from neuron_explainer.llm.base import Capability, require
+from neuron_explainer.prompts.templates import SimulatorTemplate
 from neuron_explainer.simulate.parse import label_distribution, rescale_level
-from neuron_explainer.simulate.simulator import default_max_level
+from neuron_explainer.simulate.simulator import SimulatorSetup
 
 ANSWER = "Activation:"
-
-
-@cache
-def _intro(prompts_dir: str | None, version: str) -> str:
-    path = (Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR) / "simulator" / f"one_at_a_time_{version}.md"
-    return path.read_text(encoding="utf-8").strip()
 
 
 def _question(explanation: str, tokens: Sequence[str]) -> str:
@@ -40,10 +32,13 @@ def build_one_at_a_time_prompt(
     tokens: Sequence[str],
     index: int,
     max_level: int = 10,
-    prompts_dir: str | None = None,
 ) -> str:
-    """Prompt asking for the activation of tokens[index], seeing tokens[: index + 1] only."""
-    parts = [_intro(prompts_dir, "v1").replace("{max_level}", str(max_level))]
+    """Prompt asking for the activation of tokens[index], seeing tokens[: index + 1] only.
+
+    Raises:
+        ConfigError: the template's version has no one-at-a-time instructions.
+    """
+    parts = [template.intro_for("one_at_a_time").replace("{max_level}", str(max_level))]
     for ex in template.examples:
         peak = max(range(len(ex.levels)), key=lambda j: ex.levels[j])  # one question per example: its peak
         quiet = next((j for j in range(len(ex.levels)) if ex.levels[j] == 0 and j > 0), 0)
@@ -53,28 +48,20 @@ def build_one_at_a_time_prompt(
     return "\n\n".join(parts)
 
 
-async def simulate_one_at_a_time(
-    explanation: str,
-    tokens: Sequence[str],
-    backend: LLMBackend,
-    template: SimulatorTemplate,
-    *,
-    max_level: int | None = None,
-    top_k: int = 20,
-    prompts_dir: str | None = None,
-) -> Simulation:
+async def simulate_one_at_a_time(explanation: str, tokens: Sequence[str], setup: SimulatorSetup) -> Simulation:
     """Simulate one excerpt with one request per token.
 
     Raises:
         SimulationParseError: no label among the predictions after a prompt.
+        ConfigError: the template's version has no one-at-a-time instructions.
     """
-    require(backend, Capability.PROMPT_LOGPROBS, "one-at-a-time simulation")
-    level = default_max_level(backend) if max_level is None else max_level
+    require(setup.backend, Capability.PROMPT_LOGPROBS, "one-at-a-time simulation")
+    level = setup.level
     labels = [str(v) for v in range(level + 1)]
     expected, values, probs = [], [], []
     for i in range(len(tokens)):
-        prompt = build_one_at_a_time_prompt(template, explanation, tokens, i, level, prompts_dir)
-        logprobs = await backend.prompt_logprobs(prompt, top_k, include=[" " + k for k in labels] + labels)
+        prompt = build_one_at_a_time_prompt(setup.template, explanation, tokens, i, level)
+        logprobs = await setup.backend.prompt_logprobs(prompt, setup.top_k, include=[" " + k for k in labels] + labels)
         vs, ps, ev = label_distribution(logprobs[-1].top, level, f"token {i}")
         values.append(list(vs))
         probs.append(list(ps))
@@ -85,6 +72,6 @@ async def simulate_one_at_a_time(
         distribution_values=values,
         distribution_probabilities=probs,
         max_level=level,
-        simulator=f"{backend.name}:{backend.model}",
-        prompt_version="simulator/one_at_a_time_v1",
+        simulator=setup.name,
+        prompt_version=f"simulator/one_at_a_time_{setup.template.name}",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -10,18 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuron_explainer.activations.driver import HarvestRun
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.export.dataset import export_dataset
-from neuron_explainer.export.openai_format import IMPORTED_EXPLAINER, export_openai, import_openai
+from neuron_explainer.export.openai_export import export_openai
+from neuron_explainer.export.openai_import import IMPORTED_EXPLAINER, import_openai
 from neuron_explainer.llm.fake import FakeBackend
-from neuron_explainer.pipeline import read_table, run_explain, run_score, run_simulate
-from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
 from neuron_explainer.records.reader import load_neuron_record
-from neuron_explainer.records.schema import SCORES
 from neuron_explainer.records.store import RunStore
+from neuron_explainer.records.tables import read_table
+from neuron_explainer.stages.harvest import HarvestRun
+from tests.conftest import run_stage
 from tests.integration.test_harvest_reference import harvest_cfg
-from tests.integration.test_pipeline_stages import truth_oracle
+from tests.integration.test_pipeline_stages import cfg_for, explain_, simulate_, truth_oracle
 
 
 @pytest.fixture
@@ -30,9 +29,9 @@ def scored_run(tiny_model_dirs, corpus_file, tmp_path) -> RunStore:
     HarvestRun(cfg, tmp_path / "run").run()
     run = RunStore(tmp_path / "run")
     explainer = FakeBackend(completions=(" tokens of A.", " tokens of B."))
-    asyncio.run(run_explain(run, [(1, 0), (1, 3)], explainer, load_explainer_template()))
-    asyncio.run(run_simulate(run, FakeBackend(oracle=truth_oracle(run)), load_simulator_template(), max_level=10))
-    run_score(run)
+    explain_(run, [(1, 0), (1, 3)], explainer, llm={"max_in_flight": 1})
+    simulate_(run, FakeBackend(oracle=truth_oracle(run)))
+    run_stage("score", cfg_for(run))
     return run
 
 
@@ -80,8 +79,8 @@ def test_openai_round_trip_keeps_records_and_scores(scored_run: RunStore, tmp_pa
                 np.testing.assert_allclose(x.activations, y.activations, rtol=1e-6)
         assert [len(q) for q in a.random_sample_by_quantile] == [len(q) for q in b.random_sample_by_quantile]
         assert b.mean == pytest.approx(a.mean) and b.quantile_boundaries == pytest.approx(a.quantile_boundaries)
-    ours = read_table(scored_run, "scores", SCORES)
-    theirs = read_table(RunStore(tmp_path / "imported"), "scores", SCORES)
+    ours = read_table(scored_run, "scores")
+    theirs = read_table(RunStore(tmp_path / "imported"), "scores")
     assert set(theirs.simulator) == {IMPORTED_EXPLAINER}
     np.testing.assert_allclose(
         sorted(ours[ours.scorer == "top_and_random"].correlation), sorted(theirs.correlation), rtol=1e-9
@@ -126,7 +125,7 @@ def test_import_of_files_written_by_hand_in_the_release_format(tmp_path: Path) -
     r = load_neuron_record(tmp_path / "run", 4, 2)
     assert r.most_positive_activation_records[1].activations[1] == pytest.approx(3.4)
     assert r.skewness != r.skewness and r.kurtosis == 12.5  # NaN kept as missing
-    scores = read_table(RunStore(tmp_path / "run"), "scores", SCORES)
+    scores = read_table(RunStore(tmp_path / "run"), "scores")
     assert scores.correlation.tolist() == [0.42]
     bad = tmp_path / "bad"
     (bad / "collated-activations" / "0").mkdir(parents=True)

@@ -9,10 +9,10 @@ import pyarrow.dataset as ds
 import pytest
 from typer.testing import CliRunner
 
-from neuron_explainer.activations.driver import HarvestRun
 from neuron_explainer.cli import app
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.merge import merge_runs
+from neuron_explainer.stages.harvest import HarvestRun
 from tests.integration.test_harvest_reference import harvest_cfg
 
 

@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from neuron_explainer import load_neuron_record
-from neuron_explainer.activations.driver import HarvestRun
 from neuron_explainer.activations.reducers import excerpt_keys
 from neuron_explainer.config import QUANTILES, CorpusConfig, HarvestConfig
+from neuron_explainer.stages.harvest import HarvestRun
 
 K_TOP, K_RANDOM, K_Q = 5, 4, 3
 

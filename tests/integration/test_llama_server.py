@@ -53,7 +53,7 @@ def test_server_and_local_backend_simulate_alike(server: str, api_key: None) -> 
     from neuron_explainer.llm.hf_local import LocalBackend
     from neuron_explainer.llm.openai_compat import OpenAICompatBackend
     from neuron_explainer.prompts.templates import load_simulator_template
-    from neuron_explainer.simulate.simulator import simulate_all_at_once
+    from neuron_explainer.simulate.simulator import SimulatorSetup, simulate_all_at_once
 
     local = LocalBackend.load(MODEL)
     remote = OpenAICompatBackend("smollm2", server, api_key_env="NE_TEST_KEY", timeout=300)
@@ -66,10 +66,10 @@ def test_server_and_local_backend_simulate_alike(server: str, api_key: None) -> 
         for tokens in excerpts:
             # both read 0-9 labels (SmolLM2 splits "10"); the server cannot include labels beyond its top-k
             a += (
-                await simulate_all_at_once('the word "water"', tokens, local, template, max_level=9, top_k=20)
+                await simulate_all_at_once('the word "water"', tokens, SimulatorSetup(local, template, 9, 20))
             ).expected_values
             b += (
-                await simulate_all_at_once('the word "water"', tokens, remote, template, max_level=9, top_k=20)
+                await simulate_all_at_once('the word "water"', tokens, SimulatorSetup(remote, template, 9, 20))
             ).expected_values
         await remote.aclose()
         return a, b
@@ -135,7 +135,9 @@ class FlakyProxy(http.server.ThreadingHTTPServer):
 
 @pytest.mark.parametrize("status", [429, 500])
 def test_injected_transient_errors_are_retried(server: str, api_key: None, status: int) -> None:
+    from neuron_explainer.config import LLMConfig
     from neuron_explainer.llm.base import GenerateParams, Message
+    from neuron_explainer.llm.managed import ManagedBackend
     from neuron_explainer.llm.openai_compat import OpenAICompatBackend
 
     proxy = FlakyProxy(server, status, fail=2)
@@ -143,13 +145,10 @@ def test_injected_transient_errors_are_retried(server: str, api_key: None, statu
     thread.start()
     try:
         remote = OpenAICompatBackend(
-            "smollm2",
-            f"http://127.0.0.1:{proxy.server_address[1]}/v1",
-            api_key_env="NE_TEST_KEY",
-            max_wait=0.2,
-            timeout=60,
+            "smollm2", f"http://127.0.0.1:{proxy.server_address[1]}/v1", api_key_env="NE_TEST_KEY", timeout=60
         )
-        out = asyncio.run(remote.generate([Message("user", "Say hi")], GenerateParams(max_tokens=3, temperature=0)))
-        assert len(out) == 1 and proxy.posts == 3 and remote.requests == 3
+        managed = ManagedBackend(remote, LLMConfig(max_backoff_seconds=0.2, timeout_seconds=60))
+        out = asyncio.run(managed.generate([Message("user", "Say hi")], GenerateParams(max_tokens=3, temperature=0)))
+        assert len(out) == 1 and proxy.posts == 3 and remote.requests == 3 and managed.attempts == 3
     finally:
         proxy.shutdown()

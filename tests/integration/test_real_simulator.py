@@ -47,7 +47,7 @@ def test_right_explanation_outscores_unrelated_ones() -> None:
     from neuron_explainer.llm.hf_local import LocalBackend
     from neuron_explainer.prompts.templates import load_simulator_template
     from neuron_explainer.scoring.correlation import score_correlation
-    from neuron_explainer.simulate.simulator import simulate_all_at_once
+    from neuron_explainer.simulate.simulator import SimulatorSetup, simulate_all_at_once
 
     backend = LocalBackend.load("builtin:gemma3-270m")
     records, truth = synthetic_records(backend.tokenizer)
@@ -55,7 +55,10 @@ def test_right_explanation_outscores_unrelated_ones() -> None:
     template = load_simulator_template()
     scores = {}
     for name, explanation in EXPLANATIONS.items():
-        sims = [asyncio.run(simulate_all_at_once(explanation, r, backend, template)).expected_values for r in records]
+        sims = [
+            asyncio.run(simulate_all_at_once(explanation, r, SimulatorSetup(backend, template))).expected_values
+            for r in records
+        ]
         scores[name] = score_correlation(truth, sims).correlation
     print("synthetic 'water' neuron, pooled r:", scores)
     assert scores["right"] > max(scores["countries"], scores["numbers"])

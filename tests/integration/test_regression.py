@@ -53,48 +53,41 @@ def explanation_oracle(prompt: str, tokens: list[tuple[str, int]], i: int) -> tu
 
 def run_everything(model_dir: Path, corpus: Path, out: Path) -> RunStore:
     """Every stage, called as a library user would (this is the only part that follows the API)."""
-    from neuron_explainer.ablate_stage import run_ablate
-    from neuron_explainer.activations.driver import HarvestRun
-    from neuron_explainer.activations.models import load_subject_model
-    from neuron_explainer.activations.sources import ActivationSource
-    from neuron_explainer.baselines_stage import run_baselines
-    from neuron_explainer.config import CorpusConfig, HarvestConfig
-    from neuron_explainer.explain.revision import load_revision_templates
-    from neuron_explainer.pipeline import run_explain, run_score, run_simulate
-    from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
-    from neuron_explainer.revise_stage import SubjectRunner, run_revise
-
-    cfg = HarvestConfig(
-        model=str(model_dir),
-        corpus=CorpusConfig(source=str(corpus)),
-        n_excerpts=60,
-        excerpt_len=16,
-        top_k=24,
-        random_k=9,
-        quantile_k=2,
-        quantile_pilot_excerpts=20,
-        batch_size=8,
-        record_dtype="float32",
-        seed=5,
+    from neuron_explainer.config import (
+        AblateConfig,
+        BaselinesConfig,
+        CorpusConfig,
+        ExplainConfig,
+        HarvestConfig,
+        LLMConfig,
+        RunConfig,
+        SimulateConfig,
     )
-    HarvestRun(cfg, out).run()
-    store = RunStore(out)
-    explainer = PromptKeyedFake(supports_prefill=True)
-    simulator = FakeBackend(oracle=explanation_oracle)
-    asyncio.run(run_explain(store, EXPLAINED, explainer, load_explainer_template(), n_samples=2))
-    asyncio.run(run_simulate(store, simulator, load_simulator_template(), max_level=10))
-    subject = load_subject_model(str(model_dir))
-    source = ActivationSource(subject.model, subject.hook_point)
-    runner = SubjectRunner(source, subject.tokenizer, bos_token_id=None, max_tokens=16)
-    asyncio.run(
-        run_revise(
-            store, explainer, simulator, runner, load_explainer_template(), load_simulator_template(),
-            load_revision_templates(), max_level=10,
-        )
+    from neuron_explainer.stages import Deps, stage_module
+
+    cfg = RunConfig(
+        out=str(out),
+        harvest=HarvestConfig(
+            model=str(model_dir), corpus=CorpusConfig(source=str(corpus)), n_excerpts=60, excerpt_len=16, top_k=24,
+            random_k=9, quantile_k=2, quantile_pilot_excerpts=20, batch_size=8, record_dtype="float32", seed=5,
+        ),
+        neurons=",".join(f"{layer}:{n}" for layer, n in EXPLAINED),
+        explain=ExplainConfig(explainer="test:explainer", n_samples=2),
+        simulate=SimulateConfig(simulator="test:simulator", max_level=10),
+        baselines=BaselinesConfig(held_out_excerpts=30),
+        ablate=AblateConfig(batch_rows=5, max_excerpts=10),
+        llm=LLMConfig(cache=False),
     )  # fmt: skip
-    run_baselines(store, subject.model, subject.tokenizer, source, BASELINED, held_out_excerpts=30)
-    run_score(store)
-    run_ablate(store, subject.model, source, bos_token_id=None, batch_rows=5, max_excerpts=10)
+    backends = {"test:explainer": PromptKeyedFake(supports_prefill=True),
+                "test:simulator": FakeBackend(oracle=explanation_oracle)}  # fmt: skip
+    deps = Deps.from_config(cfg, backends=backends)
+    store = RunStore(out)
+    for name in ("harvest", "explain", "simulate", "revise", "baselines", "score", "ablate"):
+        stage_cfg = cfg
+        if name == "baselines":
+            stage_cfg = cfg.model_copy(update={"neurons": ",".join(f"{layer}:{n}" for layer, n in BASELINED)})
+        deps.config = stage_cfg
+        asyncio.run(stage_module(name).run(store, getattr(stage_cfg, name), deps))
     return store
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from neuron_explainer.pipeline import read_table
-from neuron_explainer.records.schema import EXPLANATIONS, SCORES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
+from neuron_explainer.records.tables import read_table
 
 
 def write_config(tmp: Path, model: Path, corpus: Path, out: Path) -> Path:
@@ -37,7 +36,7 @@ def write_config(tmp: Path, model: Path, corpus: Path, out: Path) -> Path:
         "neurons": "all",  # both layers of the tiny GPT-2: 2 x 128 neurons
         "explain": {"explainer": "fake"},
         "simulate": {"simulator": "fake:oracle", "max_level": 10},
-        "max_concurrent": 1,
+        "llm": {"max_in_flight": 1},
     }
     path = tmp / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -53,8 +52,8 @@ def tables(out: Path) -> dict[str, pd.DataFrame]:
     keys = {"explanations": ["explanation_id"], "simulations": ["explanation_id", "split", "record_kind", "excerpt_id"],
             "scores": ["explanation_id", "scorer"]}  # fmt: skip
     out_tables = {}
-    for name, schema in (("explanations", EXPLANATIONS), ("simulations", SIMULATIONS), ("scores", SCORES)):
-        df = read_table(store, name, schema)
+    for name in ("explanations", "simulations", "scores"):
+        df = read_table(store, name)
         out_tables[name] = df.sort_values(keys[name]).reset_index(drop=True)
     return out_tables
 
@@ -76,7 +75,7 @@ def test_sigkilled_run_resumes_to_the_same_dataset(tiny_model_dirs, corpus_file,
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = read_table(RunStore(tmp_path / "killed"), "simulations", SIMULATIONS)
+    partial = read_table(RunStore(tmp_path / "killed"), "simulations")
     assert 0 < partial.explanation_id.nunique() < 256  # killed mid-stage
     again = subprocess.run(run_cmd(killed), env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]

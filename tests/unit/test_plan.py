@@ -5,8 +5,12 @@ from pathlib import Path
 import pytest
 
 from neuron_explainer.config import RunConfig, load_config
+from neuron_explainer.datatypes import ActivationRecord
 from neuron_explainer.errors import ConfigError
+from neuron_explainer.explain.explainer import build_explainer_messages
 from neuron_explainer.plan import N_CALIBRATION, N_VALID, format_plan, make_plan, model_shape
+from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
+from neuron_explainer.simulate.parse import build_all_at_once_prompt
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -21,7 +25,14 @@ def test_gpt2_xl_plan_arithmetic() -> None:
     explain, simulate = plan.stages
     assert explain.calls == 307_200 and explain.completion_tokens == 307_200 * cfg.explain.max_tokens
     assert simulate.calls == 307_200 * (N_VALID + N_CALIBRATION) == 6_144_000
-    assert simulate.prompt_tokens == simulate.calls * (simulate.prompt_tokens // simulate.calls)
+    # token counts: the real v1 templates rendered around 64 placeholder tokens, 4 characters a token,
+    # counted here independently of the plan's code path
+    sim_text = build_all_at_once_prompt(load_simulator_template(), "a placeholder explanation", [" word"] * 64).text
+    assert simulate.prompt_tokens == simulate.calls * (len(sim_text) // 4)
+    assert 400 < len(sim_text) // 4 < 3000  # a few-shot prefix plus one 64-token excerpt
+    records = [ActivationRecord(tokens=[" word"] * 64, activations=[float(i % 7 == 0) for i in range(64)])] * 5
+    messages = build_explainer_messages(load_explainer_template(), records)
+    assert explain.prompt_tokens == 307_200 * sum(len(m.content) // 4 for m in messages)
     text = format_plan(cfg, plan)
     assert "307,200" in text and "6,144,000 LLM calls" in text
     # 6,144,000 calls at the configured 20 calls/s

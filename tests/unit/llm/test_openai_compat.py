@@ -10,8 +10,10 @@ try:  # the openai package ships its HTTP client as httpx2 in recent releases, h
 except ImportError:
     import httpx
 
+from neuron_explainer.config import LLMConfig
 from neuron_explainer.llm.base import BackendError, GenerateParams, Message
 from neuron_explainer.llm.fake import fake_tokenize
+from neuron_explainer.llm.managed import ManagedBackend
 from neuron_explainer.llm.openai_compat import (
     OpenAICompatBackend,
     build_chat_payload,
@@ -83,16 +85,22 @@ def test_echo_parsing_refuses_what_fits_no_convention() -> None:
         parse_echo_logprobs("x", {"tokens": []})
 
 
-def backend_with(responses: list[tuple[int, dict]], **kw) -> tuple[OpenAICompatBackend, list[dict]]:
+def backend_with(
+    responses: list[tuple[int, dict | str]], max_attempts: int = 6, **kw
+) -> tuple[ManagedBackend, list[dict]]:
+    """The back end behind the managed wrapper (as every run builds it), answering from `responses`."""
     seen: list[dict] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(json.loads(request.content))
         status, body = responses[min(len(seen) - 1, len(responses) - 1)]
+        if isinstance(body, str):  # a raw body, e.g. not JSON at all
+            return httpx.Response(status, content=body.encode(), headers={"content-type": "application/json"})
         return httpx.Response(status, json=body)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return OpenAICompatBackend("m", "http://127.0.0.1:9/v1", http_client=client, max_wait=0.01, **kw), seen
+    inner = OpenAICompatBackend("m", "http://127.0.0.1:9/v1", http_client=client, **kw)
+    return ManagedBackend(inner, LLMConfig(max_attempts=max_attempts, max_backoff_seconds=0.01)), seen
 
 
 CHAT_OK = {
@@ -114,7 +122,7 @@ def test_transient_errors_are_retried(status: int) -> None:
 
 def test_retries_are_bounded() -> None:
     backend, seen = backend_with([(500, ERR)], max_attempts=3)
-    with pytest.raises(BackendError, match="HTTP 500 after retries"):
+    with pytest.raises(BackendError, match="failed after 3 attempts: .*HTTP 500"):
         asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
     assert len(seen) == 3
 
@@ -125,6 +133,29 @@ def test_client_errors_fail_fast(status: int, match: str) -> None:
     with pytest.raises(BackendError, match=match):
         asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
     assert len(seen) == 1
+
+
+NO_CHOICES = {**CHAT_OK, "choices": []}
+ECHO_NO_CHOICES = {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": []}
+
+
+@pytest.mark.parametrize("body", ["<html>bad gateway</html>", NO_CHOICES, {"unexpected": True}])
+def test_malformed_answers_are_retried_typed_failures(body) -> None:
+    backend, seen = backend_with([(200, body), (200, CHAT_OK)])
+    assert asyncio.run(backend.generate([Message("user", "u")], GenerateParams())) == ["hi"]
+    assert len(seen) == 2  # the malformed answer was retried, not a traceback
+    backend, seen = backend_with([(200, body)], max_attempts=2)
+    with pytest.raises(BackendError, match="malformed answer"):
+        asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
+    assert len(seen) == 2
+
+
+@pytest.mark.parametrize("body", ["not json", ECHO_NO_CHOICES])
+def test_malformed_logprob_answers_are_retried_typed_failures(body) -> None:
+    backend, seen = backend_with([(200, body)], max_attempts=3)
+    with pytest.raises(BackendError, match="malformed answer"):
+        asyncio.run(backend.prompt_logprobs("a\tb", 2))
+    assert len(seen) == 3
 
 
 def vllm_completion(prompt: str, bos: bool) -> dict:

@@ -8,7 +8,6 @@ from neuron_explainer.llm.fake import FakeBackend
 from neuron_explainer.prompts.templates import load_explainer_template, load_simulator_template
 from neuron_explainer.puzzles.bench import (
     ExplainerSetup,
-    Simulator,
     explainer_benchmark,
     lookup_explanation,
     scorer_benchmark,
@@ -16,6 +15,8 @@ from neuron_explainer.puzzles.bench import (
     write_results,
 )
 from neuron_explainer.puzzles.puzzle import load_puzzles, tokenize_marked, top_tokens_explanation
+from neuron_explainer.simulate.methods import RecordSimulator
+from neuron_explainer.simulate.simulator import SimulatorSetup
 from tests.conftest import read_target_slot
 
 
@@ -81,7 +82,7 @@ def truth_simulator(puzzles):
         levels = truth.get((explanation, text))
         return ((str(levels[slot]) if levels else "1", 0.0),)
 
-    return Simulator(FakeBackend(oracle=oracle), load_simulator_template(), max_level=10)
+    return RecordSimulator(SimulatorSetup(FakeBackend(oracle=oracle), load_simulator_template(), max_level=10))
 
 
 def test_benchmarks_with_a_perfect_scorer_and_a_perfect_explainer(tmp_path: Path) -> None:

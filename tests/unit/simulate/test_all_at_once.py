@@ -14,7 +14,7 @@ from neuron_explainer.simulate.parse import (
     read_label_distributions,
     rescale_level,
 )
-from neuron_explainer.simulate.simulator import simulate_all_at_once
+from neuron_explainer.simulate.simulator import SimulatorSetup, simulate_all_at_once
 
 TOKENS = [" The", " cat", "\n", "sat", "\t", ""]
 
@@ -55,7 +55,9 @@ def test_fake_simulator_on_true_levels_scores_one() -> None:
         levels = normalize_activations(a, top)
         fake = FakeBackend(oracle=oracle_for(levels))
         sim = asyncio.run(
-            simulate_all_at_once("x", ["a", "b", "c", "d", "e", "f"], fake, load_simulator_template(), max_level=10)
+            simulate_all_at_once(
+                "x", ["a", "b", "c", "d", "e", "f"], SimulatorSetup(fake, load_simulator_template(), 10)
+            )
         )
         assert sim.expected_values == [float(v) for v in levels]
         sims.append(sim.expected_values)
@@ -96,5 +98,5 @@ def test_misaligned_or_label_free_logprobs_fail_loudly() -> None:
 def test_chat_only_backend_is_refused_before_any_request() -> None:
     fake = FakeBackend()
     with pytest.raises(CapabilityError):
-        asyncio.run(simulate_all_at_once("x", ["a"], fake, load_simulator_template()))
+        asyncio.run(simulate_all_at_once("x", ["a"], SimulatorSetup(fake, load_simulator_template())))
     assert fake.calls == []

@@ -6,6 +6,7 @@ from neuron_explainer.llm.fake import FakeBackend
 from neuron_explainer.prompts.templates import load_simulator_template
 from neuron_explainer.simulate.logprob_free import build_logprob_free_messages, parse_levels, simulate_logprob_free
 from neuron_explainer.simulate.parse import SimulationParseError
+from neuron_explainer.simulate.simulator import SimulatorSetup
 
 
 def test_golden_logprob_free_prompt(golden) -> None:
@@ -29,9 +30,13 @@ def test_parse_levels_accepts_only_well_formed_answers() -> None:
 
 def test_simulate_logprob_free_with_fake_backend() -> None:
     fake = FakeBackend(completions=("[0, 9, 0]", "[1, 2]"))
-    sim = asyncio.run(simulate_logprob_free("cats", [" The", " cat", "."], fake, load_simulator_template()))
+    sim = asyncio.run(
+        simulate_logprob_free("cats", [" The", " cat", "."], SimulatorSetup(fake, load_simulator_template()))
+    )
     assert sim.expected_values == [0.0, 9.0, 0.0] and sim.prompt_version == "simulator/logprob_free_v1"
     ((_, (_, params)),) = fake.calls
     assert params.temperature == 0.0
     with pytest.raises(SimulationParseError):  # malformed: a failure, never zeros
-        asyncio.run(simulate_logprob_free("cats", [" The", " cat", "."], fake, load_simulator_template()))
+        asyncio.run(
+            simulate_logprob_free("cats", [" The", " cat", "."], SimulatorSetup(fake, load_simulator_template()))
+        )

@@ -7,6 +7,7 @@ from neuron_explainer.llm.fake import FakeBackend
 from neuron_explainer.prompts.templates import load_simulator_template
 from neuron_explainer.simulate.one_at_a_time import build_one_at_a_time_prompt, simulate_one_at_a_time
 from neuron_explainer.simulate.parse import SimulationParseError
+from neuron_explainer.simulate.simulator import SimulatorSetup
 
 
 def test_golden_one_at_a_time_prompt(golden) -> None:
@@ -24,7 +25,7 @@ def test_one_request_per_token_and_expected_values() -> None:
 
     fake = FakeBackend(oracle=oracle)
     sim = asyncio.run(
-        simulate_one_at_a_time("cats", [" The", " cat", "."], fake, load_simulator_template(), max_level=10)
+        simulate_one_at_a_time("cats", [" The", " cat", "."], SimulatorSetup(fake, load_simulator_template(), 10))
     )
     assert sim.expected_values == [0.0, 6.0, 0.0] and len(fake.calls) == 3
 
@@ -32,4 +33,4 @@ def test_one_request_per_token_and_expected_values() -> None:
 def test_no_label_is_a_failure() -> None:
     fake = FakeBackend(oracle=lambda prompt, tokens, i: (("maybe", 0.0),))
     with pytest.raises(SimulationParseError, match="no activation label"):
-        asyncio.run(simulate_one_at_a_time("cats", [" The"], fake, load_simulator_template(), max_level=10))
+        asyncio.run(simulate_one_at_a_time("cats", [" The"], SimulatorSetup(fake, load_simulator_template(), 10)))

@@ -9,7 +9,7 @@ import torch
 
 from neuron_explainer.activations.hookpoints import hook_point_for
 from neuron_explainer.activations.sources import ActivationSource
-from neuron_explainer.baselines import token_lookup, weight_token_predictions
+from neuron_explainer.baselines.predictors import token_lookup, weight_token_predictions
 from tests.conftest import make_tiny_model
 
 VOCAB = 40

@@ -1,7 +1,8 @@
 import pytest
 
 from neuron_explainer.datatypes import ActivationRecord
-from neuron_explainer.explain.revision import (
+from neuron_explainer.prompts.templates import load_explainer_template
+from neuron_explainer.revise.prompts import (
     RevisionParseError,
     build_revise_messages,
     build_sentence_messages,
@@ -10,7 +11,6 @@ from neuron_explainer.explain.revision import (
     parse_sentences,
     split_sentences,
 )
-from neuron_explainer.prompts.templates import load_explainer_template
 
 EVIDENCE = [
     ActivationRecord(tokens=[" The", " river", " rose"], activations=[0.0, 2.0, 0.1]),

@@ -1,6 +1,6 @@
-"""Explanation revision (METHOD.md §6): test sentences from an explanation, then a revised explanation.
+"""Revision prompts (docs/method.md, "Revise"): ask for test sentences, parse them, build the revision prompt.
 
-Pure prompt building and parsing; the revise stage (neuron_explainer/revise_stage.py) runs the models.
+Pure prompt building and parsing; revise/round.py runs one revision round with the models.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 from neuron_explainer.datatypes import ActivationRecord
 from neuron_explainer.errors import NeuronExplainerError
-from neuron_explainer.explain.explainer import _evidence
+from neuron_explainer.explain.explainer import format_evidence
 from neuron_explainer.llm.base import Message
 from neuron_explainer.prompts.formatting import max_activation, normalize_activations
-from neuron_explainer.prompts.templates import DEFAULT_PROMPTS_DIR, ExplainerTemplate, _read
+from neuron_explainer.prompts.templates import DEFAULT_PROMPTS_DIR, ExplainerTemplate, read_prompt
 
 N_SENTENCES = 10
 MIN_SENTENCES = 2
@@ -43,8 +43,8 @@ def load_revision_templates(prompts_dir: str | None = None, version: str = "v1")
     root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
     return RevisionTemplates(
         f"revision/{version}",
-        _read(root / "revision" / f"sentences_{version}.md"),
-        _read(root / "revision" / f"revise_{version}.md"),
+        read_prompt(root / "revision" / f"sentences_{version}.md"),
+        read_prompt(root / "revision" / f"revise_{version}.md"),
     )
 
 
@@ -138,7 +138,7 @@ def build_revise_messages(
     each sentence's strongest token marked [[like this]] when it responds at all.
     """
     top = max_activation([r.activations for r in evidence])
-    shown = _evidence(explainer, [(r.tokens, normalize_activations(r.activations, top)) for r in evidence])
+    shown = format_evidence(explainer, [(r.tokens, normalize_activations(r.activations, top)) for r in evidence])
     user = (
         f"Text that made the neuron respond most:\n{shown}\n\n"
         f"Current explanation: {explanation}\n\n"

@@ -1,29 +1,25 @@
-"""Typed run configuration: pydantic models, YAML loading, dotted overrides, semantic hash.
+"""The typed run configuration: one frozen, extra-forbidding pydantic model per section.
 
 Imports nothing heavy (no torch, no transformers) so that `--help` and config validation are instant.
+Loading YAML and applying overrides is `neuron_explainer.config.loading`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from neuron_explainer.errors import ConfigError
-
-QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
-"""Quantiles of the per-excerpt maximum that split excerpts into the 5 sampling buckets."""
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Config(BaseModel):
+class FrozenConfig(BaseModel):
+    """Base of every config section: frozen, unknown keys are errors, field docstrings become descriptions."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-class CorpusConfig(_Config):
+class CorpusConfig(FrozenConfig):
     """Where the harvest text comes from."""
 
     source: str = "builtin:english-prose"
@@ -41,7 +37,7 @@ class CorpusConfig(_Config):
     """Take at most this many excerpts from one document (None: every non-overlapping window)."""
 
 
-class HarvestConfig(_Config):
+class HarvestConfig(FrozenConfig):
     """What to harvest and how. Fields marked non-semantic do not change the result."""
 
     model: str = "builtin:gemma3-270m"
@@ -110,7 +106,7 @@ class HarvestConfig(_Config):
 NON_SEMANTIC_HARVEST_FIELDS = frozenset({"device", "batch_size", "checkpoint_seconds"})
 
 
-class ExplainConfig(_Config):
+class ExplainConfig(FrozenConfig):
     """Explainer settings."""
 
     explainer: str = "local:builtin:smollm2-135m-instruct"
@@ -124,7 +120,7 @@ class ExplainConfig(_Config):
     prompt_version: str = "v1"
 
 
-class SimulateConfig(_Config):
+class SimulateConfig(FrozenConfig):
     """Simulator settings."""
 
     simulator: str = "local:builtin:gemma3-270m"
@@ -143,7 +139,24 @@ class SimulateConfig(_Config):
     """Also simulate the calibration split and fit the linear map to activations (needed by ablation)."""
 
 
-class AblateConfig(_Config):
+class ScoreConfig(FrozenConfig):
+    """Correlation scoring."""
+
+    scorers: list[str] = ["top_and_random", "random_only"]
+    """Which scorers (neuron_explainer/scoring/scorers.py) to compute for every simulation."""
+
+    @field_validator("scorers")
+    @classmethod
+    def _known(cls, scorers: list[str]) -> list[str]:
+        from neuron_explainer.scoring.scorers import SCORERS
+
+        unknown = [s for s in scorers if s not in SCORERS]
+        if unknown or not scorers:
+            raise ValueError(f"scorers must be a non-empty list from {list(SCORERS)}, got {scorers}")
+        return scorers
+
+
+class AblateConfig(FrozenConfig):
     """Ablation scoring settings (the subject model runs in process)."""
 
     enabled: bool = False
@@ -154,7 +167,7 @@ class AblateConfig(_Config):
     """Distinct excerpts per clean forward; bounds memory (excerpts x tokens x vocabulary). Non-semantic."""
 
 
-class ReviseConfig(_Config):
+class ReviseConfig(FrozenConfig):
     """Explanation revision (test sentences from the explainer, real activations, revised explanations)."""
 
     enabled: bool = False
@@ -165,7 +178,7 @@ class ReviseConfig(_Config):
     prompt_version: str = "v1"
 
 
-class BaselinesConfig(_Config):
+class BaselinesConfig(FrozenConfig):
     """Explanation-free baselines (weights, lookup table), stored and scored like explanations."""
 
     enabled: bool = False
@@ -177,32 +190,69 @@ class BaselinesConfig(_Config):
     """Held-out excerpts per forward. Non-semantic."""
 
 
-class ModelShape(_Config):
+class ModelShape(FrozenConfig):
     """Layers and MLP neurons per layer, for planning a model whose config is not available offline."""
 
     n_layers: int = Field(ge=1)
+    """Transformer blocks."""
     n_neurons: int = Field(ge=1)
+    """MLP neurons per block (the hidden width of the MLP)."""
 
 
-class PlanConfig(_Config):
+class PlanConfig(FrozenConfig):
     """Throughput assumptions of `run --dry-run` (set them from a measured pilot run)."""
 
     harvest_tokens_per_second: float = Field(default=600.0, gt=0)
+    """Subject-model tokens harvested per second (the harvest prints it when it ends)."""
     llm_calls_per_second: float = Field(default=1.0, gt=0)
+    """LLM requests completed per second over all back ends."""
 
 
-class PriceConfig(_Config):
+class PriceConfig(FrozenConfig):
     """What one back end costs, in USD per million tokens."""
 
     prompt: float = Field(ge=0)
+    """USD per million prompt tokens."""
     completion: float = Field(ge=0)
+    """USD per million completion tokens."""
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for that many tokens."""
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
 
 
-class RunConfig(_Config):
+class LLMConfig(FrozenConfig):
+    """How every LLM back end is wrapped: devices, limits, retries, timeouts, credentials and the cache.
+
+    These apply to every back end a run builds (explainer, simulator, judge), in the library as in the
+    CLI. None of them changes a result, so none enters a hash.
+    """
+
+    device: str = "cpu"
+    """Torch device of in-process (`local:`) models."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of in-process (`local:`) models."""
+    max_in_flight: int = Field(default=4, ge=1)
+    """Requests outstanding at once per back end; also the number of units a stage keeps in flight."""
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    """One request's time limit; a request past it is retried like a server error."""
+    max_attempts: int = Field(default=6, ge=1)
+    """Attempts per request (retryable failures only: timeouts, 408/409/429/5xx, malformed answers)."""
+    max_backoff_seconds: float = Field(default=30.0, ge=0)
+    """Cap of the jittered exponential wait between attempts."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key of HTTP back ends (read when a back end is built; never stored)."""
+    cache: bool = True
+    """Cache responses in <out>/cache/llm.sqlite (sampled explanations replay exactly on rerun)."""
+    cache_logprobs: bool = False
+    """Also cache prompt logprobs (large: hundreds of KB per simulated excerpt)."""
+
+
+class RunConfig(FrozenConfig):
     """One run: where it writes and each stage's settings."""
 
     out: str = "runs/default"
-    """Run directory. Non-semantic."""
+    """Run directory."""
     harvest: HarvestConfig = HarvestConfig()
     show_neurons: int = Field(default=3, ge=0)
     """How many neurons `run` prints after the harvest (their top excerpts)."""
@@ -211,29 +261,33 @@ class RunConfig(_Config):
     only). See neuron_explainer/selection.py."""
     explain: ExplainConfig = ExplainConfig()
     simulate: SimulateConfig = SimulateConfig()
+    score: ScoreConfig = ScoreConfig()
     ablate: AblateConfig = AblateConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     revise: ReviseConfig = ReviseConfig()
+    llm: LLMConfig = LLMConfig()
     subject_device: str = "cpu"
-    """Device of the subject model when a stage after the harvest needs it (ablate, baselines). Non-semantic."""
-    llm_device: str = "cpu"
-    """Device of local explainer/simulator models. Non-semantic."""
-    max_concurrent: int = Field(default=4, ge=1)
-    """LLM requests in flight at once. Non-semantic."""
+    """Device of the subject model when a stage after the harvest needs it (ablate, baselines, revise)."""
     prompts_dir: str | None = None
     """Directory of prompt templates (None: the repository's prompts/)."""
     failure_budget: float = Field(default=0.1, ge=0)
     """Failed units a stage may have before the run stops: a fraction of its units below 1 (at least one
     failure is always tolerated), a count from 1."""
     prices: dict[str, PriceConfig] = {}
+    """Back-end spec -> price, to report the cost of a run (unpriced back ends are reported as tokens only)."""
     model_shape: ModelShape | None = None
     """The subject model's shape, used by `--dry-run` only when its config cannot be read offline."""
     plan: PlanConfig = PlanConfig()
-    """Back-end spec -> price, to report the cost of a run (unpriced back ends are reported as tokens only)."""
-    llm_cache: bool = True
-    """Cache LLM responses in <out>/cache/llm.sqlite (sampled explanations replay exactly on rerun)."""
-    cache_logprobs: bool = False
-    """Also cache prompt logprobs (large: hundreds of KB per simulated excerpt)."""
+    """Throughput assumptions of `run --dry-run`."""
+
+
+MOVED_KEYS = {
+    "llm_device": "llm.device",
+    "max_concurrent": "llm.max_in_flight",
+    "llm_cache": "llm.cache",
+    "cache_logprobs": "llm.cache_logprobs",
+}
+"""Top-level keys of earlier versions -> where they live now (a config using them gets a message saying so)."""
 
 
 def harvest_semantic_hash(cfg: HarvestConfig) -> str:
@@ -242,40 +296,15 @@ def harvest_semantic_hash(cfg: HarvestConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section")
-    node[keys[-1]] = value
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run config and apply `a.b=value` overrides (values parsed as YAML).
-
-    Raises:
-        ConfigError: the file is missing or unreadable, or a key or value is invalid.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at top level")
-        data = loaded or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"invalid config{f' {path}' if path else ''}:\n{e}") from e
+def harvest_config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """`key: old -> new` for every semantic harvest setting that differs (nested keys dotted)."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = harvest_config_diff(a, b, f"{prefix}{key}.")
+            if sub:
+                diffs.append(sub)
+        elif a != b and key not in NON_SEMANTIC_HARVEST_FIELDS:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(diffs)

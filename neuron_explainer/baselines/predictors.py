@@ -1,4 +1,4 @@
-"""Explanation-free baselines (METHOD.md §7): predict a neuron's activation from the current token alone.
+"""Explanation-free baselines (docs/method.md, "Baselines"): predict a neuron's activation from the current token alone.
 
 - **weights**: the neuron's activation when the residual stream entering the MLP is just the token's
   embedding: the block's pre-MLP norm (its gain), then the MLP's input weights and nonlinearity, read at
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from neuron_explainer.activations.sources import ActivationSource, _get
+from neuron_explainer.activations.sources import ActivationSource, get_module
 
 
 @torch.no_grad()
@@ -25,10 +26,10 @@ def weight_token_predictions(
     model: torch.nn.Module, source: ActivationSource, layer: int, neurons: Sequence[int], chunk: int = 4096
 ) -> torch.Tensor:
     """(vocab, len(neurons)) activations of `layer`'s neurons with the MLP fed each token's embedding alone."""
-    block = source.blocks[layer]  # type: ignore[index]
-    norm = _get(block, source.hook_point.mlp_norm_path)
-    mlp = _get(block, source.hook_point.mlp_path)
-    embed = model.get_input_embeddings()
+    block = source.blocks[layer]
+    norm = get_module(block, source.hook_point.mlp_norm_path)
+    mlp = get_module(block, source.hook_point.mlp_path)
+    embed: Any = model.get_input_embeddings()  # type: ignore[operator]
     vocab = int(embed.weight.shape[0])
     device = embed.weight.device
     index = torch.as_tensor(list(neurons), dtype=torch.long, device=device)

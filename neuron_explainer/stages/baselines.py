@@ -1,0 +1,172 @@
+"""The baselines stage: weight and lookup-table predictions stored as explanations and simulations.
+
+Each baseline becomes, per neuron, one `explanations` row (explainer `baseline:<kind>`, the text lists
+its top tokens) and `simulations` rows on the same valid and calibration records as LLM simulations
+(simulator `baseline:<kind>`, values in activation units, `max_level` 0), with the same calibration.
+`score` and `ablate` then treat them like any other explanation. Resumable per neuron and kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from neuron_explainer.activations.corpus import iter_excerpts, open_corpus
+from neuron_explainer.activations.text import decode_tokens
+from neuron_explainer.baselines.predictors import TokenLookup, token_lookups, weight_token_predictions
+from neuron_explainer.config.sections import BaselinesConfig, HarvestConfig
+from neuron_explainer.errors import ConfigError, CorpusError
+from neuron_explainer.records.reader import load_neuron_record, read_token_ids
+from neuron_explainer.records.splits import scoring_records
+from neuron_explainer.records.store import RunStore
+from neuron_explainer.records.tables import (
+    BASELINE_PREFIX,
+    SimulatedExcerpt,
+    explanation_row,
+    read_table,
+    simulation_rows,
+    write_part,
+)
+from neuron_explainer.scoring.calibration import calibration_columns
+from neuron_explainer.selection import SPEC_HELP
+from neuron_explainer.stages.runtime import Deps, StageReport
+
+PROMPT_VERSION = "baseline/v1"
+N_TOP_TOKENS = 8
+"""Tokens listed in a baseline's explanation text."""
+
+
+def held_out_batches(
+    cfg: HarvestConfig, tokenizer: Any, n_excerpts: int, batch_size: int, prefix: list[int]
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """Excerpts that follow the harvest's own in the corpus stream (ids n_excerpts, n_excerpts + 1, ...).
+
+    Yields (input_ids with `prefix` prepended, prefix length).
+
+    Raises:
+        CorpusError: the corpus has no excerpts beyond the harvested ones.
+    """
+    stream = iter_excerpts(
+        open_corpus(cfg.corpus).documents(),
+        lambda t: tokenizer(t, add_special_tokens=False)["input_ids"],
+        excerpt_len=cfg.excerpt_len,
+        seed=cfg.seed,
+        excerpts_per_doc=cfg.corpus.excerpts_per_doc,
+        limit=cfg.n_excerpts + n_excerpts,
+    )
+    batch: list[list[int]] = []
+    seen = 0
+    for excerpt in stream:
+        if excerpt.excerpt_id < cfg.n_excerpts:
+            continue
+        batch.append(prefix + list(excerpt.token_ids))
+        seen += 1
+        if len(batch) == batch_size:
+            yield torch.tensor(batch, dtype=torch.long), len(prefix)
+            batch = []
+    if batch:
+        yield torch.tensor(batch, dtype=torch.long), len(prefix)
+    if seen == 0:
+        raise CorpusError(
+            f"the corpus has no excerpts beyond the {cfg.n_excerpts} harvested: the lookup baseline needs "
+            "held-out text (use a larger corpus or harvest fewer excerpts)"
+        )
+
+
+def _token_list(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    return ", ".join(repr(decode_tokens(tokenizer, [t])[0]) for t in token_ids)
+
+
+def _predictor(tokenizer: Any, predictor: Any, neuron: int, column: int) -> tuple[str, Callable[[list[int]], list]]:
+    """The explanation text and the per-token prediction of one neuron's baseline."""
+    if isinstance(predictor, TokenLookup):
+        top = [t for t, _ in predictor.top_tokens(neuron, N_TOP_TOKENS)]
+        text = f"the tokens with the highest mean activation on held-out text: {_token_list(tokenizer, top)}"
+        return text, lambda ids: predictor.predict(ids, neuron)
+    values = predictor[:, column]
+    order = [int(t) for t in torch.argsort(values, descending=True)[:N_TOP_TOKENS]]
+    text = f"the tokens it responds to from its weights alone: {_token_list(tokenizer, order)}"
+    return text, lambda ids: values[torch.as_tensor(ids, dtype=torch.long)].tolist()
+
+
+def baseline_rows(
+    store: RunStore, tokenizer: Any, layer: int, neuron: int, kind: str, predictor: Any, column: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One neuron's baseline explanation row and its simulation rows (valid and calibration, calibrated)."""
+    name = f"{BASELINE_PREFIX}{kind}"
+    text, predict = _predictor(tokenizer, predictor, neuron, column)
+    row = explanation_row(layer, neuron, text, explainer=name, prompt_version=PROMPT_VERSION)
+    record = load_neuron_record(store.root, layer, neuron)
+    todo = [(split, k, rec) for split in ("valid", "calibration") for k, rec in scoring_records(record, split)]
+    token_ids = read_token_ids(store, sorted({rec.stored_id for _, _, rec in todo}))
+    sims = [predict(token_ids[rec.stored_id]) for _, _, rec in todo]
+    cal = [(rec.activations, sim) for (split, _, rec), sim in zip(todo, sims, strict=True) if split == "calibration"]
+    excerpts = [SimulatedExcerpt(split, k, rec.stored_id, sim) for (split, k, rec), sim in zip(todo, sims, strict=True)]
+    columns = calibration_columns(True, [a for a, _ in cal], [s for _, s in cal])
+    rows = simulation_rows(
+        layer,
+        neuron,
+        row["explanation_id"],
+        excerpts,
+        simulator=name,
+        prompt_version=PROMPT_VERSION,
+        max_level=0,
+        calibration=columns,
+    )
+    return row, rows
+
+
+def _todo(store: RunStore, neurons: Sequence[tuple[int, int]], kinds: Sequence[str], report: StageReport) -> dict:
+    done = read_table(store, "explanations")
+    done_keys = set(zip(done.layer, done.neuron, done.explainer, strict=True))
+    todo: dict[int, dict[str, list[int]]] = {}
+    for layer, neuron in dict.fromkeys(neurons):
+        for kind in kinds:
+            report.planned += 1
+            if (layer, neuron, f"{BASELINE_PREFIX}{kind}") in done_keys:
+                report.skipped_done += 1
+            else:
+                todo.setdefault(layer, {}).setdefault(kind, []).append(neuron)
+    return todo
+
+
+async def run(store: RunStore, cfg: BaselinesConfig, deps: Deps) -> StageReport:
+    """Compute the baselines of the selected neurons (skipping those that have them) and store them.
+
+    Raises:
+        ConfigError: no neurons are selected.
+        CorpusError: the lookup baseline has no held-out text.
+    """
+    neurons = deps.selected(store)
+    if not neurons:
+        raise ConfigError(f"no neurons selected: pass --neurons ({SPEC_HELP}) or set `neurons` in the config")
+    report = StageReport("baselines")
+    todo = _todo(store, neurons, cfg.kinds, report)
+    if not todo:
+        return report
+    subject = deps.subject(store)
+    harvest = HarvestConfig.model_validate(store.require_harvest()["harvest"]["config"])
+    lookup_neurons = {layer: k["lookup"] for layer, k in todo.items() if "lookup" in k}
+    lookups = {}
+    if lookup_neurons:  # one pass over the held-out text for every layer
+        batches = held_out_batches(harvest, subject.tokenizer, cfg.held_out_excerpts, cfg.batch_size, subject.prefix)
+        lookups = token_lookups(subject.source, batches, lookup_neurons)
+    for i, (layer, by_kind) in enumerate(sorted(todo.items()), 1):
+        predictors: dict[str, Any] = {}
+        if "weights" in by_kind:
+            predictors["weights"] = weight_token_predictions(subject.model, subject.source, layer, by_kind["weights"])
+        if "lookup" in by_kind:
+            predictors["lookup"] = lookups[layer]
+        expl_rows, sim_rows = [], []
+        for kind, predictor in predictors.items():
+            for column, neuron in enumerate(by_kind[kind]):
+                row, rows = baseline_rows(store, subject.tokenizer, layer, neuron, kind, predictor, column)
+                expl_rows.append(row)
+                sim_rows += rows
+                report.completed += 1
+        write_part(store, "simulations", sim_rows)  # simulations first: a crash leaves no
+        write_part(store, "explanations", expl_rows)  # explanation without its simulation
+        deps.report_progress("baselines", i, len(todo))
+    return report
