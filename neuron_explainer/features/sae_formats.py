@@ -34,11 +34,8 @@ Choices where the formats leave room (each one tested):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +44,19 @@ import torch
 
 from neuron_explainer.activations.hookpoints import HOOK_POINTS
 from neuron_explainer.errors import ConfigError
-from neuron_explainer.features.hooks import RESIDUAL_TL_HOOKS, HookSpec, resolve_hook, tl_hook_suffix
+from neuron_explainer.features.coder_files import (
+    CoderRequest,
+    HookArg,
+    build_coder,
+    content_hash,
+    read_json,
+    read_safetensors,
+    require_tensors,
+    resolve_coder_hooks,
+)
+from neuron_explainer.features.hooks import RESIDUAL_TL_HOOKS, HookSpec, tl_hook_suffix
 from neuron_explainer.features.sae import INPUT_NORMS, CoderConfig, SparseCoder
 
-HookArg = str | Sequence[str] | None
 FORMATS = ("saelens", "sparsify", "gemma_scope_npz", "gemma_scope_2")
 
 _SAELENS_ARCHITECTURES = {
@@ -64,13 +70,6 @@ _SAELENS_ARCHITECTURES = {
     "jumprelu_skip_transcoder": ("jumprelu", True),
 }
 _CENTERED_FAMILIES = ("gpt2", "gpt_neox")  # TransformerLens centres writing weights only for LayerNorm models
-
-
-@dataclass(frozen=True)
-class _Request:
-    model_type: str | None
-    hook: HookArg
-    center_input: bool | None
 
 
 def load_sparse_coder(
@@ -90,13 +89,13 @@ def load_sparse_coder(
             or normalisation, or a hook that cannot be resolved.
     """
     fmt, location = detect_format(Path(path).expanduser())
-    loaders: dict[str, Callable[[Path, _Request], SparseCoder]] = {
+    loaders: dict[str, Callable[[Path, CoderRequest], SparseCoder]] = {
         "saelens": _load_saelens,
         "sparsify": _load_sparsify,
         "gemma_scope_npz": _load_gemma_scope_npz,
         "gemma_scope_2": _load_gemma_scope_2,
     }
-    return loaders[fmt](location, _Request(model_type, hook, center_input))
+    return loaders[fmt](location, CoderRequest(model_type, hook, center_input))
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -124,86 +123,6 @@ def detect_format(path: Path) -> tuple[str, Path]:
         f"{path}: no sparse coder found; expected cfg.json + sae_weights.safetensors (SAELens), cfg.json + "
         "sae.safetensors (sparsify), params.npz (Gemma Scope) or config.json + params.safetensors (Gemma Scope 2)"
     )
-
-
-def content_hash(files: Sequence[Path]) -> str:
-    """sha256 (hex) over the files' names and bytes, in name order."""
-    digest = hashlib.sha256()
-    for file in sorted(files, key=lambda p: p.name):
-        digest.update(file.name.encode() + b"\0")
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-
-
-def _require(tensors: dict[str, Any], names: Sequence[str], where: Path) -> None:
-    missing = [name for name in names if name not in tensors]
-    if missing:
-        raise ConfigError(f"{where}: missing tensor(s) {missing}; the file has {sorted(tensors)}")
-
-
-def _split_hook_arg(hook: HookArg) -> tuple[str, str | None] | None:
-    if hook is None:
-        return None
-    if not isinstance(hook, str):
-        pair = list(hook)
-        if len(pair) != 2:
-            raise ConfigError(f"hook must be one name or an (in, out) pair, got {hook!r}")
-        return str(pair[0]), str(pair[1])
-    if "->" in hook:
-        hook_in, hook_out = hook.split("->", 1)
-        return hook_in.strip(), hook_out.strip()
-    return hook.strip(), None
-
-
-def _resolve_hooks(
-    req: _Request, name_in: str | None, name_out: str | None, transcoder: bool | None, where: Path
-) -> tuple[HookSpec, HookSpec, bool]:
-    """Hooks of a coder from its file's names and the `hook` argument; transcoder=None: the file does not say."""
-    override = _split_hook_arg(req.hook)
-    if override is not None:
-        name_in, name_out = override
-        if transcoder is True and name_out is None:
-            raise ConfigError(f"{where} is a transcoder: give both hooks, hook='IN->OUT'")
-        if transcoder is False and name_out is not None:
-            raise ConfigError(f"{where} is an autoencoder: give one hook, not IN->OUT")
-    if not name_in:
-        raise ConfigError(f"{where} names no hook: pass hook='MODULE[:input|output]' (e.g. model.layers.5:output)")
-    hook_in = resolve_hook(req.model_type, name_in)
-    hook_out = resolve_hook(req.model_type, name_out) if name_out else hook_in
-    if transcoder is None:
-        transcoder = hook_out != hook_in
-    elif transcoder and not name_out:
-        raise ConfigError(f"{where} is a transcoder but names no output hook: pass hook='IN->OUT'")
-    return hook_in, (hook_out if transcoder else hook_in), transcoder
-
-
-def _build(config: CoderConfig, tensors: dict[str, torch.Tensor]) -> SparseCoder:
-    coder = SparseCoder(config, tensors)
-    if coder.is_transcoder and config.subtract_decoder_bias:
-        raise ConfigError(f"{config.source}: a transcoder cannot subtract b_dec (it has the output's width)")
-    return coder
 
 
 def _field(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
@@ -251,7 +170,7 @@ def _saelens_tensors(raw: dict[str, torch.Tensor], cfg: dict[str, Any], arch: st
     tensors = dict(raw)
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").float().exp()
-    _require(tensors, ["W_enc", "W_dec", "b_dec"], where)
+    require_tensors(tensors, ["W_enc", "W_dec", "b_dec"], where)
     W_dec = tensors["W_dec"].float()
     scaling = tensors.pop("scaling_factor", None)
     if scaling is not None and not torch.allclose(scaling.float(), torch.ones_like(scaling.float())):
@@ -273,8 +192,8 @@ def _check_declared(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], where
             raise ConfigError(f"{where}: config says {key}={value} but {name} has shape {tuple(tensors[name].shape)}")
 
 
-def _load_saelens(folder: Path, req: _Request) -> SparseCoder:
-    cfg = _read_json(folder / "cfg.json")
+def _load_saelens(folder: Path, req: CoderRequest) -> SparseCoder:
+    cfg = read_json(folder / "cfg.json")
     arch, transcoder, k = _saelens_architecture(cfg, folder)
     norm = _saelens_norm(cfg, folder)
     if _field(cfg, "hook_head_index", "hook_point_head_index") is not None:
@@ -284,8 +203,8 @@ def _load_saelens(folder: Path, req: _Request) -> SparseCoder:
     tl_in = _field(cfg, "hook_name", "hook_point")
     name_in = _field(cfg, "hf_hook_name") or tl_in
     name_out = (_field(cfg, "hf_hook_name_out") or _field(cfg, "hook_name_out")) if transcoder else None
-    hook_in, hook_out, transcoder = _resolve_hooks(req, name_in, name_out, transcoder, folder)
-    tensors = _saelens_tensors(_read_safetensors(folder / "sae_weights.safetensors"), cfg, arch, folder)
+    hook_in, hook_out, transcoder = resolve_coder_hooks(req, name_in, name_out, transcoder, folder)
+    tensors = _saelens_tensors(read_safetensors(folder / "sae_weights.safetensors"), cfg, arch, folder)
     _check_declared(cfg, tensors, folder)
     center = req.center_input
     if center is None:
@@ -314,10 +233,10 @@ def _load_saelens(folder: Path, req: _Request) -> SparseCoder:
             "sae_lens_version": _field(cfg, "sae_lens_version"),
         },
     )
-    return _build(config, tensors)
+    return build_coder(config, tensors)
 
 
-def _sparsify_hookpoint(folder: Path, req: _Request) -> str | None:
+def _sparsify_hookpoint(folder: Path, req: CoderRequest) -> str | None:
     name = folder.parent.name if re.fullmatch(r"seed\d+", folder.name) else folder.name
     if req.hook is not None:
         return None
@@ -331,8 +250,8 @@ def _sparsify_hookpoint(folder: Path, req: _Request) -> str | None:
     return HOOK_POINTS[req.model_type].layers_path.split(".")[0] + "." + name
 
 
-def _load_sparsify(folder: Path, req: _Request) -> SparseCoder:
-    cfg = _read_json(folder / "cfg.json")
+def _load_sparsify(folder: Path, req: CoderRequest) -> SparseCoder:
+    cfg = read_json(folder / "cfg.json")
     for flag in ("signed", "embed_skip", "gram_lookup"):
         if cfg.get(flag):
             raise ConfigError(f"{folder}: sparsify option {flag}=true is not supported")
@@ -340,12 +259,12 @@ def _load_sparsify(folder: Path, req: _Request) -> SparseCoder:
         raise ConfigError(f"{folder}: sparsify activation {cfg['activation']!r} is not supported (only topk)")
     if "d_in" not in cfg:
         raise ConfigError(f"{folder}/cfg.json: missing d_in")
-    raw = _read_safetensors(folder / "sae.safetensors")
-    _require(raw, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], folder)
+    raw = read_safetensors(folder / "sae.safetensors")
+    require_tensors(raw, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], folder)
     transcode = bool(cfg.get("transcode", False))
     module = _sparsify_hookpoint(folder, req)
     names = (f"{module}:input", f"{module}:output") if transcode else (f"{module}:output", None)
-    hook_in, hook_out, transcode = _resolve_hooks(req, *(names if module else (None, None)), transcode, folder)
+    hook_in, hook_out, transcode = resolve_coder_hooks(req, *(names if module else (None, None)), transcode, folder)
     n_latents = int(cfg.get("num_latents") or int(cfg["d_in"]) * int(cfg.get("expansion_factor", 32)))
     if tuple(raw["encoder.weight"].shape) != (n_latents, int(cfg["d_in"])):
         raise ConfigError(
@@ -372,10 +291,12 @@ def _load_sparsify(folder: Path, req: _Request) -> SparseCoder:
         source=str(folder),
         extra={"hookpoint": folder.name, "skip_connection": bool(cfg.get("skip_connection", False))},
     )
-    return _build(config, tensors)
+    return build_coder(config, tensors)
 
 
-def _jumprelu_config(req: _Request, hooks: tuple[HookSpec, HookSpec, bool], fmt: str, files: list[Path]) -> CoderConfig:
+def _jumprelu_config(
+    req: CoderRequest, hooks: tuple[HookSpec, HookSpec, bool], fmt: str, files: list[Path]
+) -> CoderConfig:
     hook_in, hook_out, transcoder = hooks
     return CoderConfig(
         architecture="jumprelu",
@@ -389,14 +310,14 @@ def _jumprelu_config(req: _Request, hooks: tuple[HookSpec, HookSpec, bool], fmt:
     )
 
 
-def _load_gemma_scope_npz(file: Path, req: _Request) -> SparseCoder:
+def _load_gemma_scope_npz(file: Path, req: CoderRequest) -> SparseCoder:
     try:
         with np.load(file) as data:
             arrays = {key.lower(): np.asarray(data[key]) for key in data.files}
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {file}: {e}") from e
-    _require(arrays, ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], file)
-    hooks = _resolve_hooks(req, None, None, None, file)
+    require_tensors(arrays, ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], file)
+    hooks = resolve_coder_hooks(req, None, None, None, file)
     tensors = {
         "W_enc": arrays["w_enc"],
         "W_dec": arrays["w_dec"],
@@ -404,25 +325,25 @@ def _load_gemma_scope_npz(file: Path, req: _Request) -> SparseCoder:
         "b_dec": arrays["b_dec"],
         "threshold": arrays["threshold"],
     }
-    return _build(
+    return build_coder(
         _jumprelu_config(req, hooks, "gemma_scope_npz", [file]),
         {name: torch.from_numpy(array.astype(np.float32)) for name, array in tensors.items()},
     )
 
 
-def _load_gemma_scope_2(folder: Path, req: _Request) -> SparseCoder:
-    cfg = _read_json(folder / "config.json")
+def _load_gemma_scope_2(folder: Path, req: CoderRequest) -> SparseCoder:
+    cfg = read_json(folder / "config.json")
     if cfg.get("architecture", "jump_relu") != "jump_relu":
         raise ConfigError(f"{folder}: unsupported Gemma Scope 2 architecture {cfg['architecture']!r} (only jump_relu)")
-    raw = _read_safetensors(folder / "params.safetensors")
+    raw = read_safetensors(folder / "params.safetensors")
     if cfg.get("affine_connection") or "affine_skip_connection" in raw:
         raise ConfigError(f"{folder}: affine skip connections are not supported (their orientation is undocumented)")
-    _require(raw, ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], folder)
+    require_tensors(raw, ["w_enc", "w_dec", "b_enc", "b_dec", "threshold"], folder)
     kind = cfg.get("type")
     transcoder = None if kind is None else kind == "transcoder"
     name_out = cfg.get("hf_hook_point_out") if transcoder else None
-    hooks = _resolve_hooks(req, cfg.get("hf_hook_point_in"), name_out, transcoder, folder)
+    hooks = resolve_coder_hooks(req, cfg.get("hf_hook_point_in"), name_out, transcoder, folder)
     tensors = {"W_enc": raw["w_enc"], "W_dec": raw["w_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"]}
     tensors["threshold"] = raw["threshold"]
     files = [folder / "config.json", folder / "params.safetensors"]
-    return _build(_jumprelu_config(req, hooks, "gemma_scope_2", files), tensors)
+    return build_coder(_jumprelu_config(req, hooks, "gemma_scope_2", files), tensors)

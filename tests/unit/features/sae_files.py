@@ -86,7 +86,9 @@ def write_gemma_scope_2(folder: Path, cfg: dict, arrays: dict[str, np.ndarray]) 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg))
     names = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
-    save_file({new: np.ascontiguousarray(arrays[old]) for old, new in names.items()}, str(folder / "params.safetensors"))
+    save_file(
+        {new: np.ascontiguousarray(arrays[old]) for old, new in names.items()}, str(folder / "params.safetensors")
+    )
     return folder
 
 

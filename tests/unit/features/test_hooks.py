@@ -83,7 +83,9 @@ def test_residual_identities_and_hidden_states(models, name: str) -> None:
     torch.testing.assert_close(got["hook_resid_post"], hidden[1])
     assert grab(model, model_type, 1, "hook_resid_pre")["hook_resid_pre"].equal(got["hook_resid_post"])
     if parallel:
-        torch.testing.assert_close(got["hook_resid_post"], got["hook_resid_pre"] + got["hook_attn_out"] + got["hook_mlp_out"])
+        torch.testing.assert_close(
+            got["hook_resid_post"], got["hook_resid_pre"] + got["hook_attn_out"] + got["hook_mlp_out"]
+        )
         torch.testing.assert_close(got["hook_mlp_in"], got["hook_resid_pre"])
     else:
         torch.testing.assert_close(got["hook_resid_mid"], got["hook_resid_pre"] + got["hook_attn_out"])
@@ -151,9 +153,17 @@ def test_resolve_hook_table(model_type, name, expected) -> None:
     [
         ("llama", "blocks.9.hook_resid_post", "layer 9 out of range, this model has layers 0..5"),
         ("llama", "model.layers.6.mlp", "layer 6 out of range"),
-        ("llama", "blocks.1.hook_q", "unsupported TransformerLens hook 'blocks.1.hook_q'; supported: blocks.L.<hook_resid_pre"),
+        (
+            "llama",
+            "blocks.1.hook_q",
+            "unsupported TransformerLens hook 'blocks.1.hook_q'; supported: blocks.L.<hook_resid_pre",
+        ),
         ("llama", "hook_embed", "unsupported TransformerLens hook 'hook_embed'"),
-        ("bert", "blocks.1.hook_resid_post", "no TransformerLens hook mapping for model type 'bert'; supported: gemma,"),
+        (
+            "bert",
+            "blocks.1.hook_resid_post",
+            "no TransformerLens hook mapping for model type 'bert'; supported: gemma,",
+        ),
         (None, "blocks.1.hook_resid_post", "is a TransformerLens hook name: give the model type"),
         ("gpt_neox", "blocks.1.hook_resid_mid", "does not exist in gpt_neox with a parallel residual"),
         ("llama", "model.layers.1:sideways", "the side after ':' must be input or output"),
