@@ -228,10 +228,10 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     module = model
     walked: list[str] = []
     for part in path.split("."):
-        child = module._modules.get(part) if isinstance(module, nn.Module) else None
-        if child is None:
+        child = getattr(module, part, None)
+        if not isinstance(child, nn.Module):
             where = ".".join(walked) or "the model"
-            options = ", ".join(list(module._modules)[:12]) if isinstance(module, nn.Module) else ""
+            options = ", ".join(name for name, _ in list(module.named_children())[:12])
             raise ConfigError(f"model has no module {path!r}: {where} has no {part!r} (it has: {options})")
         module, walked = child, [*walked, part]
     return module
