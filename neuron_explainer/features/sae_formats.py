@@ -289,7 +289,7 @@ def _load_sparsify(folder: Path, req: CoderRequest) -> SparseCoder:
         format="sparsify",
         content_hash=content_hash([folder / "cfg.json", folder / "sae.safetensors"]),
         source=str(folder),
-        extra={"hookpoint": folder.name, "skip_connection": bool(cfg.get("skip_connection", False))},
+        extra={"hookpoint": module or "", "skip_connection": bool(cfg.get("skip_connection", False))},
     )
     return build_coder(config, tensors)
 
