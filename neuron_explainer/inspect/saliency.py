@@ -128,6 +128,39 @@ def _resolve_target(model: Any, tokenizer: Any, input_ids: torch.Tensor, pos: in
         return int(model(input_ids=input_ids[:, : pos + 1], use_cache=False).logits[0, -1].argmax())
 
 
+def _attribute(
+    model: Any,
+    input_ids: torch.Tensor,
+    forward: Any,
+    method: str,
+    n_steps: int,
+    baseline_token_id: int | None,
+    internal_batch_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """Run Captum on the input embeddings: (embeddings, attributions (1, T, d), IG convergence delta or None)."""
+    from captum.attr import InputXGradient, IntegratedGradients
+
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        embeds = embed(input_ids)
+        if baseline_token_id is None:
+            baseline = torch.zeros_like(embeds)
+        else:
+            baseline = embed(torch.full_like(input_ids, check_token_ids(model, [baseline_token_id])[0]))
+    embeds = embeds.detach().requires_grad_()  # the input Captum differentiates with respect to
+    with torch.enable_grad():
+        if method == "grad_x_input":
+            return embeds, InputXGradient(forward).attribute(embeds), None
+        attr, deltas = IntegratedGradients(forward).attribute(
+            embeds,
+            baselines=baseline,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+    return embeds, attr, float(deltas.sum())
+
+
 def saliency(
     model: Any,
     tokenizer: Any,
@@ -160,34 +193,14 @@ def saliency(
         ModelError: unsupported model family.
         ConfigError: bad prompt, position, target, method, output, steps or baseline token.
     """
-    from captum.attr import InputXGradient, IntegratedGradients
-
     _check_options(method, output, n_steps)
     p = encode(model, tokenizer, prompt)
     pos = check_position(p.n_tokens, position)
     target_id = _resolve_target(model, tokenizer, p.input_ids, pos, target)
-    embed = model.get_input_embeddings()
-    with torch.no_grad():
-        embeds = embed(p.input_ids)
-        if baseline_token_id is None:
-            baseline = torch.zeros_like(embeds)
-        else:
-            baseline = embed(torch.full_like(p.input_ids, check_token_ids(model, [baseline_token_id])[0]))
     forward = target_function(model, pos, target_id, output)
-    embeds = embeds.detach().requires_grad_()  # the input Captum differentiates with respect to
-    delta = None
-    with torch.enable_grad():
-        if method == "grad_x_input":
-            attr = InputXGradient(forward).attribute(embeds)
-        else:
-            attr, deltas = IntegratedGradients(forward).attribute(
-                embeds,
-                baselines=baseline,
-                n_steps=n_steps,
-                internal_batch_size=internal_batch_size,
-                return_convergence_delta=True,
-            )
-            delta = float(deltas.sum())
+    embeds, attr, delta = _attribute(
+        model, p.input_ids, forward, method, n_steps, baseline_token_id, internal_batch_size
+    )
     with torch.no_grad():
         value = float(forward(embeds)[0])
     attributions = attr[0].detach().float().cpu().numpy()
