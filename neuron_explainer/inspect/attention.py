@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuron_explainer.errors import ConfigError
+from neuron_explainer.errors import ConfigError, ModelError
 from neuron_explainer.inspect.family import attn_implementation, check_layer, check_position, encode, n_layers
 
 CAPTURE_IMPLEMENTATION = "neuron_explainer_capture"
@@ -154,7 +154,9 @@ def _recording_attention(module: Any, query: torch.Tensor, key: torch.Tensor, *a
                 "sliding_window": kwargs.get("sliding_window"),
             }
         )
-    eager = sys.modules[type(module).__module__].eager_attention_forward
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise ModelError(f"{type(module).__module__} has no eager_attention_forward to record attention through")
     return eager(module, query, key, *args, **kwargs)
 
 

@@ -27,6 +27,7 @@ from neuron_explainer.inspect.family import (
     encode,
     logits_from_residual,
     token_texts,
+    unembedding,
 )
 
 
@@ -159,12 +160,32 @@ def watch_ids_of(model: Any, tokenizer: Any, watch: Sequence[int | str]) -> list
 
 
 def ranks_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """1-based rank of `ids` in `logits` (..., V): 1 + the number of strictly larger logits.
-
-    `ids` has the shape of `logits` without its last axis plus a trailing axis of the tokens to rank.
-    """
+    """1-based ranks (R, W) of token ids (R, W) in logits (R, V): 1 + the number of strictly larger logits."""
     chosen = logits.gather(-1, ids)
-    return (logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1) + 1
+    columns = [(logits > chosen[:, j : j + 1]).sum(-1) for j in range(ids.shape[1])]
+    return torch.stack(columns, dim=-1) + 1 if columns else torch.zeros_like(ids)
+
+
+@torch.no_grad()
+def read_rows(
+    model: Any, residuals: torch.Tensor, k: int, ids: torch.Tensor, chunk_bytes: int = 1 << 28
+) -> tuple[torch.Tensor, ...]:
+    """Lens readout of residual rows (R, d): top-k ids and probs (R, k), ranks and probs (R, W) of `ids` (R, W).
+
+    Rows go through the unembedding in chunks of about `chunk_bytes` of float32 logits: one large matmul reads
+    the (often huge) unembedding matrix once per chunk instead of once per layer.
+    """
+    step = max(1, chunk_bytes // (4 * unembedding(model).shape[0]))
+    out: list[list[torch.Tensor]] = [[], [], [], []]
+    for start in range(0, residuals.shape[0], step):
+        logits = logits_from_residual(model, residuals[start : start + step]).float()
+        probs = logits.softmax(-1)
+        top_probs, top_ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        chosen = ids[start : start + step]
+        values = (top_ids, top_probs, ranks_of(logits, chosen), probs.gather(-1, chosen))
+        for store, value in zip(out, values, strict=True):
+            store.append(value.cpu())
+    return tuple(torch.cat(parts) for parts in out)
 
 
 def logit_lens(
@@ -185,33 +206,30 @@ def logit_lens(
         raise ConfigError(f"k must be at least 1, got {k}")
     p: Prompt = encode(model, tokenizer, prompt)
     watched = watch_ids_of(model, tokenizer, watch)
-    n = p.n_tokens
-    watch_t = torch.tensor(watched, dtype=torch.long, device=p.input_ids.device).expand(n, len(watched))
-    next_t = p.input_ids[0, 1:].unsqueeze(-1)
-    top_ids, top_probs, w_ranks, w_probs, next_ranks = [], [], [], [], []
-    with torch.no_grad():
-        for residual in block_residuals(model, p.input_ids):
-            logits = logits_from_residual(model, residual[0]).float()
-            probs = logits.softmax(-1)
-            values, ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
-            top_ids.append(ids.cpu())
-            top_probs.append(values.cpu())
-            w_ranks.append(ranks_of(logits, watch_t).cpu())
-            w_probs.append(probs.gather(-1, watch_t).cpu())
-            next_ranks.append(ranks_of(logits[:-1], next_t)[:, 0].cpu())
-    top = torch.stack(top_ids).numpy()
+    residuals = torch.stack([r[0] for r in block_residuals(model, p.input_ids)])  # (L, T, d)
+    n_layers_, n, _ = residuals.shape
+    device = p.input_ids.device
+    # Per row: the watched tokens, then the prompt's next token (a placeholder 0 at the last position, dropped).
+    next_ids = torch.cat([p.input_ids[0, 1:], torch.zeros(1, dtype=torch.long, device=device)])
+    ids = torch.cat([torch.tensor(watched, dtype=torch.long, device=device).expand(n, -1), next_ids[:, None]], 1)
+    top_ids, top_probs, ranks, probs = read_rows(
+        model, residuals.reshape(n_layers_ * n, -1), k, ids.repeat(n_layers_, 1)
+    )
+    top = top_ids.reshape(n_layers_, n, -1).numpy()
+    ranks = ranks.reshape(n_layers_, n, -1).numpy()
+    probs = probs.reshape(n_layers_, n, -1).numpy()
     return LogitLens(
         tokens=p.tokens,
         input_ids=p.input_ids[0].cpu().numpy(),
-        layers=np.arange(len(top_ids)),
+        layers=np.arange(n_layers_),
         top_ids=top,
         top_tokens=[[token_texts(tokenizer, row) for row in layer] for layer in top],
-        top_probs=torch.stack(top_probs).numpy(),
+        top_probs=top_probs.reshape(n_layers_, n, -1).numpy(),
         watch_ids=np.array(watched, dtype=np.int64),
         watch_tokens=token_texts(tokenizer, watched),
-        watch_ranks=torch.stack(w_ranks).numpy(),
-        watch_probs=torch.stack(w_probs).numpy(),
-        next_ranks=torch.stack(next_ranks).numpy(),
+        watch_ranks=ranks[:, :, :-1],
+        watch_probs=probs[:, :, :-1],
+        next_ranks=ranks[:, :-1, -1],
     )
 
 
@@ -229,19 +247,15 @@ def rankings(
     p = encode(model, tokenizer, prompt)
     pos = check_position(p.n_tokens, position)
     watched = watch_ids_of(model, tokenizer, watch)
-    ids = torch.tensor(watched, dtype=torch.long, device=p.input_ids.device)
-    ranks, probs = [], []
-    with torch.no_grad():
-        for residual in block_residuals(model, p.input_ids):
-            logits = logits_from_residual(model, residual[0, pos]).float()
-            ranks.append(ranks_of(logits, ids).cpu())
-            probs.append(logits.softmax(-1)[ids].cpu())
+    residuals = torch.stack([r[0, pos] for r in block_residuals(model, p.input_ids)])  # (L, d)
+    ids = torch.tensor(watched, dtype=torch.long, device=p.input_ids.device).expand(residuals.shape[0], -1)
+    _top_ids, _top_probs, ranks, probs = read_rows(model, residuals, 1, ids)
     return Rankings(
         tokens=p.tokens,
         position=pos,
-        layers=np.arange(len(ranks)),
+        layers=np.arange(residuals.shape[0]),
         watch_ids=np.array(watched, dtype=np.int64),
         watch_tokens=token_texts(tokenizer, watched),
-        ranks=torch.stack(ranks).numpy(),
-        probs=torch.stack(probs).numpy(),
+        ranks=ranks.numpy(),
+        probs=probs.numpy(),
     )

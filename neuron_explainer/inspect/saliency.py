@@ -82,9 +82,12 @@ class Saliency:
 
 def target_function(model: Any, position: int, target_id: int, output: str) -> Any:
     """f(inputs_embeds (B, T, d)) -> (B,): the chosen output of the target token at the position."""
+    # Only the explained position goes through the (often huge) unembedding.
+    keep = torch.tensor([position], device=model.get_input_embeddings().weight.device)
 
     def forward(inputs_embeds: torch.Tensor) -> torch.Tensor:
-        logits = model(inputs_embeds=inputs_embeds, use_cache=False).logits[:, position].float()
+        out = model(inputs_embeds=inputs_embeds, use_cache=False, logits_to_keep=keep)
+        logits = out.logits[:, 0].float()
         if output == "logit":
             return logits[:, target_id]
         logprob = logits.log_softmax(-1)[:, target_id]

@@ -5,7 +5,7 @@ from conftest import PROMPT
 
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.inspect.family import encode, final_norm, logits_from_residual
-from neuron_explainer.inspect.lens import block_residuals, logit_lens, rankings
+from neuron_explainer.inspect.lens import block_residuals, logit_lens, rankings, read_rows
 
 
 def brute_rank(logits: np.ndarray, token: int) -> int:
@@ -87,3 +87,14 @@ def test_bad_inputs_are_config_errors(tiny_lms) -> None:
         logit_lens(model, tokenizer, [1, 2, 10_000])
     with pytest.raises(ConfigError, match="at least one"):
         rankings(model, tokenizer, PROMPT, [])
+
+
+def test_chunked_readout_equals_one_chunk(tiny_lms) -> None:
+    model, tokenizer = tiny_lms["gemma2"]
+    p = encode(model, tokenizer, PROMPT)
+    rows = torch.cat([r[0] for r in block_residuals(model, p.input_ids)])
+    ids = torch.randint(0, model.config.vocab_size, (rows.shape[0], 3), generator=torch.Generator().manual_seed(0))
+    whole = read_rows(model, rows, 4, ids)
+    chunked = read_rows(model, rows, 4, ids, chunk_bytes=5 * 4 * model.config.vocab_size)
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b)
