@@ -26,14 +26,14 @@ def timed(label: str, fn, rows: list) -> object:
 def main() -> None:
     from neuron_explainer.inspect import (
         activation_factors,
-        attention,
+        attention_maps,
+        firing_neurons,
+        input_saliency,
         load_model,
         logit_lens,
         neuron_output_tokens,
         neuron_view,
-        neurons_here,
         output_tokens_table,
-        saliency,
     )
     from neuron_explainer.inspect.family import encode, unembedding
     from neuron_explainer.inspect.lens import block_residuals, read_rows
@@ -60,12 +60,16 @@ def main() -> None:
     one_layer = n_tokens * 4 * unembedding(model).shape[0]
     timed("lens readout, one matmul per layer", lambda: read_rows(model, residuals, 5, ids, one_layer), rows)
     timed("lens readout, 256 MiB chunks", lambda: read_rows(model, residuals, 5, ids), rows)
-    timed("attention (eager)", lambda: attention(model, tokenizer, PROMPT), rows)
+    timed("attention (eager)", lambda: attention_maps(model, tokenizer, PROMPT), rows)
     timed("neuron_view (one head)", lambda: neuron_view(model, tokenizer, PROMPT, args.layer, 0), rows)
-    timed("saliency grad_x_input", lambda: saliency(model, tokenizer, PROMPT, method="grad_x_input"), rows)
-    timed("saliency IG 50 steps", lambda: saliency(model, tokenizer, PROMPT, n_steps=50), rows)
+    timed("saliency grad_x_input", lambda: input_saliency(model, tokenizer, PROMPT, method="grad_x_input"), rows)
+    timed("saliency IG 50 steps", lambda: input_saliency(model, tokenizer, PROMPT, n_steps=50), rows)
     timed("NMF all layers k=5", lambda: activation_factors(model, tokenizer, PROMPT), rows)
-    timed(f"neurons_here ({len(explained)} explained)", lambda: neurons_here(model, tokenizer, PROMPT, explained), rows)
+    timed(
+        f"firing_neurons ({len(explained)} explained)",
+        lambda: firing_neurons(model, tokenizer, PROMPT, explained),
+        rows,
+    )
     timed(
         f"output_tokens_table 1 layer ({n_neurons})", lambda: output_tokens_table(model, tokenizer, [args.layer]), rows
     )

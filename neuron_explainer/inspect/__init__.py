@@ -5,13 +5,13 @@ ids) and returns a frozen dataclass of numpy arrays, lists and DataFrames, with 
 Nothing here renders HTML. captum and scikit-learn are imported only inside the functions that need them.
 """
 
-from neuron_explainer.inspect.attention import AttentionMaps, NeuronView, attention, neuron_view
+from neuron_explainer.inspect.attention import AttentionMaps, NeuronView, attention_maps, neuron_view
 from neuron_explainer.inspect.family import Prompt, encode, load_model
 from neuron_explainer.inspect.lens import LogitLens, Rankings, logit_lens, rankings
-from neuron_explainer.inspect.neurons_here import NeuronsHere, neurons_here, top_explained_neurons
+from neuron_explainer.inspect.neurons_here import NeuronsHere, firing_neurons, top_explained_neurons
 from neuron_explainer.inspect.nmf import ActivationFactors, activation_factors, factorize
 from neuron_explainer.inspect.output_tokens import OutputTokens, neuron_output_tokens, output_tokens_table
-from neuron_explainer.inspect.saliency import Saliency, saliency
+from neuron_explainer.inspect.saliency import Saliency, input_saliency
 
 __all__ = [
     "ActivationFactors",
@@ -24,16 +24,16 @@ __all__ = [
     "Rankings",
     "Saliency",
     "activation_factors",
-    "attention",
+    "attention_maps",
     "encode",
     "factorize",
     "load_model",
     "logit_lens",
     "neuron_output_tokens",
     "neuron_view",
-    "neurons_here",
+    "firing_neurons",
     "output_tokens_table",
     "rankings",
-    "saliency",
+    "input_saliency",
     "top_explained_neurons",
 ]

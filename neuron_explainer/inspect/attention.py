@@ -126,7 +126,7 @@ class NeuronView:
 
 
 @torch.no_grad()
-def attention(model: Any, tokenizer: Any, prompt: str | Sequence[int]) -> AttentionMaps:
+def attention_maps(model: Any, tokenizer: Any, prompt: str | Sequence[int]) -> AttentionMaps:
     """Attention probabilities of every layer and head, from an eager forward pass with `output_attentions`.
 
     Raises:

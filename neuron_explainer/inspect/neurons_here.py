@@ -144,7 +144,7 @@ def top_explained_neurons(
     return NeuronsHere(tokens=list(tokens), top_n=top_n, normalized=stats is not None, frame=frame)
 
 
-def neurons_here(
+def firing_neurons(
     model: Any,
     tokenizer: Any,
     prompt: str | Sequence[int],

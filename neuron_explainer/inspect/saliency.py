@@ -164,7 +164,7 @@ def _attribute(
     return embeds, attr, float(deltas.sum())
 
 
-def saliency(
+def input_saliency(
     model: Any,
     tokenizer: Any,
     prompt: str | Sequence[int],

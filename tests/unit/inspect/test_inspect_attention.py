@@ -6,7 +6,7 @@ import torch
 from conftest import PROMPT, WINDOW
 
 from neuron_explainer.errors import ConfigError
-from neuron_explainer.inspect.attention import attention, neuron_view
+from neuron_explainer.inspect.attention import attention_maps, neuron_view
 from neuron_explainer.inspect.family import encode
 
 SLIDING = ("mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
@@ -27,7 +27,7 @@ def eager_reference(model, input_ids: torch.Tensor) -> np.ndarray:
 def test_attention_equals_eager_output_attentions(family_lm) -> None:
     family, model, tokenizer = family_lm
     previous = model.config._attn_implementation
-    maps = attention(model, tokenizer, PROMPT)
+    maps = attention_maps(model, tokenizer, PROMPT)
     assert model.config._attn_implementation == previous  # restored
     want = eager_reference(model, encode(model, tokenizer, PROMPT).input_ids)
     np.testing.assert_allclose(maps.probs, want, rtol=1e-5, atol=1e-6)

@@ -4,15 +4,15 @@ import pytest
 from neuron_explainer.errors import ModelError
 from neuron_explainer.inspect import (
     activation_factors,
-    attention,
+    attention_maps,
+    firing_neurons,
+    input_saliency,
     load_model,
     logit_lens,
     neuron_output_tokens,
     neuron_view,
-    neurons_here,
     output_tokens_table,
     rankings,
-    saliency,
 )
 
 
@@ -31,13 +31,13 @@ def tiny_opt():
 CALLS = {
     "logit_lens": lambda m: logit_lens(m, None, [1, 2, 3]),
     "rankings": lambda m: rankings(m, None, [1, 2, 3], [4]),
-    "attention": lambda m: attention(m, None, [1, 2, 3]),
+    "attention_maps": lambda m: attention_maps(m, None, [1, 2, 3]),
     "neuron_view": lambda m: neuron_view(m, None, [1, 2, 3], 0, 0),
-    "saliency": lambda m: saliency(m, None, [1, 2, 3], target=4),
+    "input_saliency": lambda m: input_saliency(m, None, [1, 2, 3], target=4),
     "activation_factors": lambda m: activation_factors(m, None, [1, 2, 3]),
     "neuron_output_tokens": lambda m: neuron_output_tokens(m, None, 0, [0]),
     "output_tokens_table": lambda m: output_tokens_table(m, None),
-    "neurons_here": lambda m: neurons_here(
+    "firing_neurons": lambda m: firing_neurons(
         m, None, [1, 2, 3], pd.DataFrame({"layer": [0], "neuron": [0], "explanation": ["x"], "score": [0.5]})
     ),
 }

@@ -5,7 +5,7 @@ from conftest import PROMPT
 
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.inspect.family import encode, prompt_activations
-from neuron_explainer.inspect.neurons_here import FRAME_COLUMNS, neurons_here, top_explained_neurons
+from neuron_explainer.inspect.neurons_here import FRAME_COLUMNS, firing_neurons, top_explained_neurons
 
 
 def explained_frame() -> pd.DataFrame:
@@ -42,7 +42,7 @@ def test_top_neurons_match_brute_force(tiny_lms, normalise: bool) -> None:
         stats = pd.DataFrame([(layer, n, rng.uniform(0.5, 5)) for layer in (0, 1, 2) for n in range(48)])
         stats.columns = ["layer", "neuron", "max_activation"]
         max_act = {(r.layer, r.neuron): r.max_activation for r in stats.itertuples()}
-    got = neurons_here(model, tokenizer, PROMPT, explained, top_n=4, stats=stats)
+    got = firing_neurons(model, tokenizer, PROMPT, explained, top_n=4, stats=stats)
     p = encode(model, tokenizer, PROMPT)
     a = prompt_activations(model, p.input_ids, [0, 2])
     want = brute_force({0: a[:, 0], 2: a[:, 1]}, explained, 4, max_act)
@@ -67,10 +67,10 @@ def test_neurons_without_a_positive_max_are_not_ranked() -> None:
 def test_bad_frames(tiny_lms) -> None:
     model, tokenizer = tiny_lms["gpt2"]
     with pytest.raises(ConfigError, match="lacks column"):
-        neurons_here(model, tokenizer, PROMPT, pd.DataFrame({"layer": [0], "neuron": [1]}))
+        firing_neurons(model, tokenizer, PROMPT, pd.DataFrame({"layer": [0], "neuron": [1]}))
     bad = pd.DataFrame({"layer": [5], "neuron": [1], "explanation": ["x"], "score": [0.1]})
     with pytest.raises(ConfigError, match="layer"):
-        neurons_here(model, tokenizer, PROMPT, bad)
+        firing_neurons(model, tokenizer, PROMPT, bad)
     bad = pd.DataFrame({"layer": [0], "neuron": [10_000], "explanation": ["x"], "score": [0.1]})
     with pytest.raises(ConfigError, match="out of range"):
-        neurons_here(model, tokenizer, PROMPT, bad)
+        firing_neurons(model, tokenizer, PROMPT, bad)

@@ -5,7 +5,7 @@ from conftest import PROMPT
 
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.inspect.family import encode
-from neuron_explainer.inspect.saliency import saliency
+from neuron_explainer.inspect.saliency import input_saliency
 
 
 def prob_of(model, position: int, target: int):
@@ -19,7 +19,7 @@ def test_integrated_gradients_equal_captum_run_directly(family_lm) -> None:
     from captum.attr import IntegratedGradients
 
     family, model, tokenizer = family_lm
-    got = saliency(model, tokenizer, PROMPT, position=5, target="dog", n_steps=16)
+    got = input_saliency(model, tokenizer, PROMPT, position=5, target="dog", n_steps=16)
     p = encode(model, tokenizer, PROMPT)
     embeds = model.get_input_embeddings()(p.input_ids).detach()
     target = tokenizer("dog", add_special_tokens=False)["input_ids"][0]
@@ -44,7 +44,7 @@ def test_integrated_gradients_equal_captum_run_directly(family_lm) -> None:
 def test_grad_x_input_equals_autograd(family_lm) -> None:
     # Reference without Captum: torch.autograd on the embeddings, times the embeddings.
     family, model, tokenizer = family_lm
-    got = saliency(model, tokenizer, PROMPT, position=-1, target=7, method="grad_x_input", output="logprob")
+    got = input_saliency(model, tokenizer, PROMPT, position=-1, target=7, method="grad_x_input", output="logprob")
     p = encode(model, tokenizer, PROMPT)
     embeds = model.get_input_embeddings()(p.input_ids).detach().requires_grad_()
     logprob = model(inputs_embeds=embeds).logits[0, -1].float().log_softmax(-1)[7]
@@ -60,7 +60,7 @@ def test_token_baseline_and_default_target(tiny_lms) -> None:
 
     model, tokenizer = tiny_lms["gemma2"]
     p = encode(model, tokenizer, PROMPT)
-    got = saliency(model, tokenizer, PROMPT, position=3, output="logit", n_steps=8, baseline_token_id=0)
+    got = input_saliency(model, tokenizer, PROMPT, position=3, output="logit", n_steps=8, baseline_token_id=0)
     assert got.target_id == int(p.input_ids[0, 4])  # default target: the prompt's next token
     embed = model.get_input_embeddings()
     embeds = embed(p.input_ids).detach()
@@ -74,8 +74,8 @@ def test_token_baseline_and_default_target(tiny_lms) -> None:
 def test_bad_options(tiny_lms) -> None:
     model, tokenizer = tiny_lms["llama"]
     with pytest.raises(ConfigError, match="unknown saliency method"):
-        saliency(model, tokenizer, PROMPT, method="lime")
+        input_saliency(model, tokenizer, PROMPT, method="lime")
     with pytest.raises(ConfigError, match="not one"):
-        saliency(model, tokenizer, PROMPT, target="cat dog")
+        input_saliency(model, tokenizer, PROMPT, target="cat dog")
     with pytest.raises(ConfigError, match="vocabulary"):
-        saliency(model, tokenizer, PROMPT, target=10_000)
+        input_saliency(model, tokenizer, PROMPT, target=10_000)
