@@ -3,7 +3,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT, WINDOW
+from tiny_families import PROMPT, WINDOW
 
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.inspect.attention import attention_maps, neuron_view

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import PROMPT
+from tiny_families import PROMPT
 
 from neuron_explainer.activations.hookpoints import hook_point_for
 from neuron_explainer.activations.sources import ActivationSource

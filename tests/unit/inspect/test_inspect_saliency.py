@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT
+from tiny_families import PROMPT
 
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.inspect.family import encode
