@@ -62,8 +62,14 @@ def replaced_neurons(
         handle.remove()
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+def row_jsd(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """Per-token JSD (T,) between the next-token distributions of two rows of logits (T, V), in float64.
+
+    One neuron's JSD is a small difference of nearly equal distributions: computed in float32 it is off
+    by a relative 1e-2 at JSDs near 1e-6, so the log-softmax and the divergence always run in float64,
+    whatever the model's dtype (one row at a time, to bound memory: T x V doubles).
+    """
+    return jsd(torch.log_softmax(logits_p.double(), dim=-1), torch.log_softmax(logits_q.double(), dim=-1))
 
 
 @dataclass
@@ -90,11 +96,11 @@ class Ablator:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def clean_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Next-token log-probabilities (B, T, V) of the unmodified model, float32."""
+    def clean_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) of the unmodified model, in the model's dtype."""
         out = self.model(input_ids=input_ids.to(self.device), use_cache=False).logits
         self.counts.clean_rows += int(input_ids.shape[0])
-        return torch.log_softmax(_at_least_float32(out), dim=-1)
+        return out
 
     @torch.no_grad()
     def replaced_jsd(
@@ -106,8 +112,8 @@ class Ablator:
     ) -> torch.Tensor:
         """Per-token JSD (len(rows), T') for rows (excerpt index into input_ids, neuron, values (T',)).
 
-        The values replace the last T' positions, and the JSD is taken there. `clean` is
-        `clean_logprobs(input_ids)`. Rows are run in batches of `batch_rows`.
+        The values replace the last T' positions, and the JSD is taken there (float64, see row_jsd).
+        `clean` is `clean_logits(input_ids)`. Rows are run in batches of `batch_rows`.
         """
         out = []
         for start in range(0, len(rows), self.batch_rows):
@@ -119,8 +125,8 @@ class Ablator:
                 logits = self.model(input_ids=input_ids[idx].to(self.device), use_cache=False).logits
             self.counts.ablated_rows += len(chunk)
             n = values.shape[1]
-            ablated = torch.log_softmax(_at_least_float32(logits[:, -n:]), dim=-1)
-            out.append(jsd(ablated, clean[idx.to(clean.device), -n:]).cpu())
+            rows_clean = clean[idx.to(clean.device), -n:]
+            out.append(torch.stack([row_jsd(a, c) for a, c in zip(logits[:, -n:], rows_clean, strict=True)]).cpu())
         return torch.cat(out) if out else torch.zeros(0, input_ids.shape[1], dtype=torch.float64)
 
 
@@ -174,7 +180,7 @@ def score_ablations(
         layer: the neurons' layer.
         neurons: one entry per neuron (the same neuron may appear twice, e.g. with two simulations).
     """
-    clean = ablator.clean_logprobs(input_ids)
+    clean = ablator.clean_logits(input_ids)
     rows: list[tuple[int, int, torch.Tensor]] = []
     for item in neurons:
         if len(item.excerpts) != len(item.simulations):

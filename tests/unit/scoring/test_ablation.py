@@ -10,7 +10,7 @@ import torch
 
 from neuron_explainer.activations.hookpoints import hook_point_for
 from neuron_explainer.activations.sources import ActivationSource
-from neuron_explainer.scoring.ablation import Ablator, NeuronAblation, jsd, score_ablations
+from neuron_explainer.scoring.ablation import Ablator, NeuronAblation, jsd, replaced_neurons, score_ablations
 from tests.conftest import make_tiny_model
 
 VOCAB = 50
@@ -136,7 +136,7 @@ def test_hooks_are_removed_after_an_error(model) -> None:
         before = model(input_ids=ids).logits.clone()
     source = ActivationSource(model, hook_point_for(model.config.model_type))
     ablator = Ablator(model, source)
-    clean = ablator.clean_logprobs(ids)
+    clean = ablator.clean_logits(ids)
     bad_values = torch.zeros(9)  # longer than the excerpt: the hook itself raises mid-forward
     with pytest.raises(ValueError, match="do not fit"):
         ablator.replaced_jsd(ids, clean, 0, [(0, 1, bad_values)])
@@ -184,3 +184,24 @@ def test_neurons_with_their_own_excerpts_share_one_clean_forward(model) -> None:
             for x, v in zip(item.excerpts, item.simulations, strict=True)
         ]
         assert got.per_excerpt_simulation == pytest.approx(sim, abs=1e-9)
+
+
+def test_jsd_is_computed_in_float64_for_a_float32_model() -> None:
+    """A float32 model's per-token JSDs equal a float64 computation from the same logits, not float32's."""
+    model = make_tiny_model("gpt2", VOCAB)  # float32
+    ids = torch.randint(2, VOCAB, (3, 8), generator=torch.Generator().manual_seed(5))
+    source = ActivationSource(model, hook_point_for("gpt2"))
+    ablator = Ablator(model, source, batch_rows=2)
+    clean = ablator.clean_logits(ids)
+    acts = source.activations(ids, [1])[1]
+    # a small change to one neuron: JSDs near 1e-6, where float32 log-softmax loses most digits
+    rows = [(i, 7, (acts[i, :, 7] * 1.01).double()) for i in range(3)]
+    got = ablator.replaced_jsd(ids, clean, 1, rows)
+    with replaced_neurons(source, 1, torch.tensor([7, 7, 7]), torch.stack([r[2] for r in rows])):
+        with torch.no_grad():
+            ablated = model(input_ids=ids).logits
+    want = jsd(torch.log_softmax(ablated.double(), -1), torch.log_softmax(clean.double(), -1))
+    single = jsd(torch.log_softmax(ablated, -1), torch.log_softmax(clean, -1)).double()
+    assert got.dtype == torch.float64 and float(want.mean()) < 1e-4
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-15)
+    assert (single - want).abs().max() > 1e3 * (got - want).abs().max()  # float32 would be far off
