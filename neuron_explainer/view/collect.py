@@ -1,0 +1,105 @@
+"""Gather each neuron's rows from a ViewSource: stage tables indexed once, harvest tables per layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from neuron_explainer.errors import ConfigError
+from neuron_explainer.view.data import ViewSource
+from neuron_explainer.view.neuron_data import NeuronTables
+from neuron_explainer.view.summary import best_explanations, explanation_table
+
+Key = tuple[int, int]
+
+
+def rows_by_neuron(frame: pd.DataFrame) -> dict[Key, list[dict[str, Any]]]:
+    """A (layer, neuron)-keyed frame as plain row dicts grouped by neuron (built once per table or layer)."""
+    out: dict[Key, list[dict[str, Any]]] = {}
+    if frame.empty:
+        return out
+    for row in frame.to_dict("records"):
+        out.setdefault((int(row["layer"]), int(row["neuron"])), []).append(row)
+    return out
+
+
+class StageTables:
+    """Every stage table of a source, read once and indexed by neuron."""
+
+    def __init__(self, src: ViewSource) -> None:
+        self.table = explanation_table(src.table("explanations"), src.table("scores"), src.table("ablation_scores"))
+        """summary.explanation_table over the whole source."""
+        self.best = best_explanations(self.table)
+        """The best explanation per neuron (explainer models only)."""
+        self._explanations = rows_by_neuron(self.table)
+        self._simulations = rows_by_neuron(src.table("simulations"))
+        self._revision_scores = rows_by_neuron(src.table("revision_scores"))
+        self._revision_sentences = rows_by_neuron(src.table("revision_sentences"))
+        out = src.output_tokens()
+        self._output_tokens = None if out is None else rows_by_neuron(out)
+        self.model = src.model_name()
+        """The subject model's name, for page headers."""
+
+    def simulated_excerpts(self, key: Key) -> list[int]:
+        """Excerpt ids the neuron's simulations use."""
+        return [int(s["excerpt_id"]) for s in self._simulations.get(key, [])]
+
+    def neuron(
+        self, key: Key, stats: dict[str, Any], records: list[dict[str, Any]], tokens: dict[int, list[str]]
+    ) -> NeuronTables:
+        """The NeuronTables of one neuron, given its harvest rows."""
+        return NeuronTables(
+            layer=key[0],
+            neuron=key[1],
+            model=self.model,
+            stats=stats,
+            records=records,
+            tokens=tokens,
+            explanations=self._explanations.get(key, []),
+            simulations=self._simulations.get(key, []),
+            revision_scores=self._revision_scores.get(key, []),
+            revision_sentences=self._revision_sentences.get(key, []),
+            output_tokens=None if self._output_tokens is None else self._output_tokens.get(key, []),
+        )
+
+
+def check_neurons(src: ViewSource, neurons: Any) -> list[Key] | None:
+    """The requested neurons as sorted (layer, neuron) pairs (None: every harvested neuron).
+
+    Raises:
+        ConfigError: a pair is malformed, names a layer that was not harvested or a neuron out of range.
+    """
+    if neurons is None:
+        return None
+    out = set()
+    for item in neurons:
+        try:
+            layer, neuron = (int(x) for x in item)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"neurons must be (layer, neuron) pairs, got {item!r}") from e
+        if layer not in src.layers:
+            raise ConfigError(f"layer {layer} was not harvested (harvested: {src.layers})")
+        if not 0 <= neuron < src.n_neurons:
+            raise ConfigError(f"neuron {neuron} out of range: layers have neurons 0..{src.n_neurons - 1}")
+        out.add((layer, neuron))
+    if not out:
+        raise ConfigError("no neurons selected: give at least one (layer, neuron) pair, or None for all")
+    return sorted(out)
+
+
+def single_neuron(src: ViewSource, layer: int, neuron: int, stage: StageTables | None = None) -> NeuronTables:
+    """Everything about one neuron, read from the source (used by the notebook view).
+
+    Raises:
+        ConfigError: the neuron was not harvested.
+    """
+    check_neurons(src, [(layer, neuron)])
+    stage = stage or StageTables(src)
+    stats = src.neuron_stats(layer)
+    row = stats[stats.neuron == neuron]
+    if row.empty:
+        raise ConfigError(f"neuron_stats has no row for layer {layer} neuron {neuron}")
+    records = src.layer_records(layer, [neuron]).to_dict("records")
+    ids = {int(r["excerpt_id"]) for r in records} | set(stage.simulated_excerpts((layer, neuron)))
+    return stage.neuron((layer, neuron), row.iloc[0].to_dict(), records, src.excerpt_tokens(sorted(ids)))
