@@ -17,9 +17,16 @@ from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.schema import EXPLANATIONS, SCORES, SIMULATIONS
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.view import build_site, neuron
-from tests.integration.view_run import EXPLAINED, OUTPUT_TOKEN_NEURONS, view_run  # noqa: F401
+from tests.integration.view_run import EXPLAINED, OUTPUT_TOKEN_NEURONS, build_view_run
 
-EXTERNAL = re.compile(r"https?:|//cdn|@import|url\(|fetch\(|XMLHttpRequest|import\(|require\(|<link[^>]+href=\"(?!assets/|\.\./)")
+EXTERNAL = re.compile(
+    r"https?:|//cdn|@import|url\(|fetch\(|XMLHttpRequest|import\(|require\(|<link[^>]+href=\"(?!assets/|\.\./)"
+)
+
+
+@pytest.fixture(scope="module")
+def view_run(tiny_model_dirs, corpus_file, tmp_path_factory) -> Path:
+    return build_view_run(tiny_model_dirs, corpus_file, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +210,7 @@ def test_notebook_view_is_a_self_contained_iframe(view_run: Path) -> None:
     layer, n = EXPLAINED[0]
     view = neuron(view_run, layer, n)
     frame = view._repr_html_()
-    assert frame.startswith("<iframe srcdoc=\"") and "<script" not in frame  # the page is escaped inside srcdoc
+    assert frame.startswith('<iframe srcdoc="') and "<script" not in frame  # the page is escaped inside srcdoc
     page = html.unescape(frame.split('srcdoc="', 1)[1].split('" sandbox=', 1)[0])
     assert page == view.to_html() and "<style>" in page and "NX.renderers" in page and "assets/" not in page
     assert not EXTERNAL.search(page)

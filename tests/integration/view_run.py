@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from tests.integration.test_regression import BASELINED, EXPLAINED, run_everything
 
@@ -33,9 +32,8 @@ def write_output_tokens(run: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), run / "output_tokens" / "part-0.parquet")
 
 
-@pytest.fixture(scope="session")
-def view_run(tiny_model_dirs, corpus_file, tmp_path_factory) -> Path:
-    """Path of the run (built once per session, shared by the viewer test modules)."""
+def build_view_run(tiny_model_dirs, corpus_file, tmp_path_factory) -> Path:
+    """Path of the run (built once per session, shared by the viewer test modules' fixtures)."""
     if "run" not in _BUILT:
         out = tmp_path_factory.mktemp("view") / "run"
         run_everything(tiny_model_dirs["gpt2"], corpus_file, out)
@@ -44,4 +42,4 @@ def view_run(tiny_model_dirs, corpus_file, tmp_path_factory) -> Path:
     return _BUILT["run"]
 
 
-__all__ = ["BASELINED", "EXPLAINED", "OUTPUT_TOKEN_NEURONS", "view_run"]
+__all__ = ["BASELINED", "EXPLAINED", "OUTPUT_TOKEN_NEURONS", "build_view_run"]
