@@ -12,6 +12,7 @@ from neuron_explainer.view.neuron_data import NeuronTables
 from neuron_explainer.view.summary import best_explanations, explanation_table
 
 Key = tuple[int, int]
+STAGE_NAMES = ("explanations", "scores", "ablation_scores", "simulations", "revision_scores", "revision_sentences")
 
 
 def rows_by_neuron(frame: pd.DataFrame) -> dict[Key, list[dict[str, Any]]]:
@@ -25,18 +26,21 @@ def rows_by_neuron(frame: pd.DataFrame) -> dict[Key, list[dict[str, Any]]]:
 
 
 class StageTables:
-    """Every stage table of a source, read once and indexed by neuron."""
+    """The stage tables of a source (or of some of its layers), read once and indexed by neuron."""
 
-    def __init__(self, src: ViewSource) -> None:
-        self.table = explanation_table(src.table("explanations"), src.table("scores"), src.table("ablation_scores"))
-        """summary.explanation_table over the whole source."""
+    def __init__(self, src: ViewSource, layers: list[int] | None = None) -> None:
+        tables = {n: src.table(n, layers) for n in STAGE_NAMES}
+        self.table = explanation_table(tables["explanations"], tables["scores"], tables["ablation_scores"])
+        """summary.explanation_table over the rows read."""
         self.best = best_explanations(self.table)
         """The best explanation per neuron (explainer models only)."""
         self._explanations = rows_by_neuron(self.table)
-        self._simulations = rows_by_neuron(src.table("simulations"))
-        self._revision_scores = rows_by_neuron(src.table("revision_scores"))
-        self._revision_sentences = rows_by_neuron(src.table("revision_sentences"))
+        self._simulations = rows_by_neuron(tables["simulations"])
+        self._revision_scores = rows_by_neuron(tables["revision_scores"])
+        self._revision_sentences = rows_by_neuron(tables["revision_sentences"])
         out = src.output_tokens()
+        if out is not None and layers is not None:
+            out = out[out["layer"].isin(layers)]
         self._output_tokens = None if out is None else rows_by_neuron(out)
         self.model = src.model_name()
         """The subject model's name, for page headers."""
@@ -95,7 +99,7 @@ def single_neuron(src: ViewSource, layer: int, neuron: int, stage: StageTables |
         ConfigError: the neuron was not harvested.
     """
     check_neurons(src, [(layer, neuron)])
-    stage = stage or StageTables(src)
+    stage = stage or StageTables(src, [layer])
     stats = src.neuron_stats(layer)
     row = stats[stats.neuron == neuron]
     if row.empty:

@@ -81,6 +81,7 @@ class ViewSource:
         self.n_neurons: int = int(harvest.get("n_neurons", 0))
         """Neurons per layer."""
         self._tables: dict[str, pd.DataFrame | None] = {}
+        self._datasets: dict[str, ds.Dataset | None] = {}
 
     def _exported_manifest(self) -> dict[str, Any]:
         import json
@@ -160,18 +161,49 @@ class ViewSource:
             raise RunDirError(f"{len(ids) - len(found)} referenced excerpt(s) are missing from {self.root}/data")
         return found
 
-    def table(self, name: str) -> pd.DataFrame:
-        """A stage table (explanations, simulations, scores, ...) as one frame; empty when absent."""
+    def table(self, name: str, layers: Sequence[int] | None = None) -> pd.DataFrame:
+        """A stage table (explanations, simulations, scores, ...) as one frame; empty when absent.
+
+        With `layers`, only those layers' rows are read (the filter reaches the Parquet reader, so a
+        whole-model run is never held in memory at once).
+
+        Raises:
+            RunDirError: an unknown table, or a part file is corrupt or unreadable.
+        """
         if name not in STAGE_TABLES:
             raise RunDirError(f"unknown stage table {name!r}: choose one of {sorted(STAGE_TABLES)}")
-        if name not in self._tables:
+        if layers is None:
+            if name not in self._tables:
+                if self.exported:
+                    path = self._data_file(name)
+                    found = path.exists()
+                    self._tables[name] = _read_parquet(path, name).to_pandas() if found else _empty(name)
+                else:
+                    self._tables[name] = read_table(RunStore(self.root), name, STAGE_TABLES[name])
+            return self._tables[name]  # type: ignore[return-value]
+        dataset = self._dataset(name)
+        if dataset is None:
+            return _empty(name)
+        try:
+            table = dataset.to_table(filter=pc.field("layer").isin([int(x) for x in layers]))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RunDirError(f"the {name} table under {self.root} is corrupt or unreadable: {e}") from e
+        return table.to_pandas()
+
+    def _dataset(self, name: str) -> ds.Dataset | None:
+        key = f"dataset:{name}"
+        if key not in self._datasets:
             if self.exported:
-                path = self._data_file(name)
-                df = _read_parquet(path, name).to_pandas() if path.exists() else STAGE_TABLES[name].empty_table()
-                self._tables[name] = df if isinstance(df, pd.DataFrame) else df.to_pandas()
+                files = [self._data_file(name)] if self._data_file(name).exists() else []
             else:
-                self._tables[name] = read_table(RunStore(self.root), name, STAGE_TABLES[name])
-        return self._tables[name]  # type: ignore[return-value]
+                folder = self.root / name
+                files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+            try:
+                found = ds.dataset([str(f) for f in files], schema=STAGE_TABLES[name], format="parquet")
+            except (pa.ArrowInvalid, OSError) as e:
+                raise RunDirError(f"a {name} file under {self.root} is corrupt or unreadable: {e}") from e
+            self._datasets[key] = found if files else None
+        return self._datasets[key]
 
     def output_tokens(self) -> pd.DataFrame | None:
         """The `output_tokens` table when the run has one (None otherwise).
@@ -195,6 +227,10 @@ class ViewSource:
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
             raise RunDirError(f"layer {layer} was not harvested in {self.root} (harvested: {self.layers})")
+
+
+def _empty(name: str) -> pd.DataFrame:
+    return STAGE_TABLES[name].empty_table().to_pandas()
 
 
 def split_of(kind: str, rank: int) -> str:

@@ -154,7 +154,6 @@ def build_site(
     report = SiteReport(out_dir=out, index=out / "index.html", layers=[])
     for name in ASSET_NAMES:
         _write(out / "assets" / name, asset_text(name), report)
-    stage = StageTables(src)
     report.output_tokens = src.output_tokens() is not None
     layers = sorted({k[0] for k in chosen}) if chosen is not None else list(src.layers)
     wanted = set(chosen) if chosen is not None else None
@@ -180,7 +179,9 @@ def build_site(
         order.extend(keys)
         total_pages[0] += len(keys)
     position = {k: i for i, k in enumerate(order)}
+    explained = 0
     for layer, stats, keys in per_layer:
+        stage = StageTables(src, [layer])
         subset = None if wanted is None else stats.neuron.astype(int).tolist()
         records = src.layer_records(layer, subset)
         if "density" in stats.columns:
@@ -194,17 +195,17 @@ def build_site(
         files.append(name)
         hist.append({"layer": layer, **score_histogram(pd.Series(chunk["tr"], dtype=float))})
         report.n_neurons += len(chunk["neuron"])
+        explained += sum(1 for e in chunk["expl"] if e)
         report.layers.append(layer)
         _layer_pages(src, stage, layer, stats, records, keys, lambda k: _nav(k, order, position), out, report, tick)
-    _write_index(src, stage, report, files, hist)
+    _write_index(src, explained, report, files, hist)
     report.seconds = time.perf_counter() - started
     summary = {k: v for k, v in report.__dict__.items() if k not in ("out_dir", "index", "page_bytes")}
     (out / MARKER).write_text(json.dumps({"source": str(Path(source_dir).resolve()), **summary}, indent=1) + "\n")
     return report
 
 
-def _write_index(src: ViewSource, stage: StageTables, report: SiteReport, files: list[str], hist: list[dict]) -> None:
-    explained = int(stage.best.shape[0])
+def _write_index(src: ViewSource, explained: int, report: SiteReport, files: list[str], hist: list[dict]) -> None:
     estimated = report.density_estimated
     context = {
         "model": src.model_name(),
