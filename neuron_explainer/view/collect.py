@@ -68,7 +68,7 @@ class StageTables:
         )
 
 
-def check_neurons(src: ViewSource, neurons: Any) -> list[Key] | None:
+def check_neurons(src: ViewSource, neurons: Any, allow_empty: bool = False) -> list[Key] | None:
     """The requested neurons as sorted (layer, neuron) pairs (None: every harvested neuron).
 
     Raises:
@@ -87,7 +87,7 @@ def check_neurons(src: ViewSource, neurons: Any) -> list[Key] | None:
         if not 0 <= neuron < src.n_neurons:
             raise ConfigError(f"neuron {neuron} out of range: layers have neurons 0..{src.n_neurons - 1}")
         out.add((layer, neuron))
-    if not out:
+    if not out and not allow_empty:
         raise ConfigError("no neurons selected: give at least one (layer, neuron) pair, or None for all")
     return sorted(out)
 

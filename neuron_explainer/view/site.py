@@ -58,6 +58,8 @@ class SiteReport:
     """True when the source has an `output_tokens` table (rendered on the neuron pages)."""
     page_bytes: list[int] = field(default_factory=list)
     """Size of each neuron page, in build order."""
+    pages_seconds: float = 0.0
+    """Wall time spent on neuron pages (reading their excerpts, shaping, rendering, writing)."""
 
 
 def page_path(key: Key) -> str:
@@ -139,7 +141,8 @@ def build_site(
         out_dir: the site folder: new, empty, or a site built before (rebuilt in place).
         neurons: (layer, neuron) pairs to include (None: every harvested neuron).
         progress: called as progress("view", pages_done, pages_total) after each neuron page.
-        pages: the neurons that get a page (None: every included neuron); the others are index rows only.
+        pages: the neurons that get a page (None: every included neuron; empty: none); the others are
+            index rows only.
 
     Raises:
         RunDirError: the source is not a complete run or dataset, or a file is unreadable.
@@ -148,7 +151,7 @@ def build_site(
     started = time.perf_counter()
     src = open_source(source_dir)
     chosen = check_neurons(src, neurons)
-    page_keys = check_neurons(src, pages)
+    page_keys = check_neurons(src, pages, allow_empty=True)
     out = Path(out_dir)
     _prepare(out)
     report = SiteReport(out_dir=out, index=out / "index.html", layers=[])
@@ -197,10 +200,14 @@ def build_site(
         report.n_neurons += len(chunk["neuron"])
         explained += sum(1 for e in chunk["expl"] if e)
         report.layers.append(layer)
-        _layer_pages(src, stage, layer, stats, records, keys, lambda k: _nav(k, order, position), out, report, tick)
+        if keys:
+            t0 = time.perf_counter()
+            _layer_pages(src, stage, layer, stats, records, keys, lambda k: _nav(k, order, position), out, report, tick)
+            report.pages_seconds += time.perf_counter() - t0
     _write_index(src, explained, report, files, hist)
     report.seconds = time.perf_counter() - started
     summary = {k: v for k, v in report.__dict__.items() if k not in ("out_dir", "index", "page_bytes")}
+    summary["page_bytes_max"] = max(report.page_bytes, default=0)
     (out / MARKER).write_text(json.dumps({"source": str(Path(source_dir).resolve()), **summary}, indent=1) + "\n")
     return report
 

@@ -247,6 +247,8 @@
     ix.rows += c.neuron.length;
   };
 
+  NX.indexRefresh = function () { refresh(); };  /* for benchmarks and tests: filter, sort and draw now */
+
   function status(text) { document.getElementById("nx-status").textContent = text; }
 
   function number(id) {
