@@ -199,7 +199,7 @@
   };
 
   /* The index: layer data files (index/layer-LLL.js, each calling NX.indexChunk) are loaded one after
-     another with <script> tags: under file:// a page may not read local files from script. Only one page of
+     another as script elements: under file:// a page may not read local files from script. Only one page of
      rows is in the DOM at a time; filtering and sorting run over plain arrays. */
   var COLS = ["layer", "neuron", "expl", "tr", "ro", "ab", "max", "dens"];
   var PAGE = 100;
