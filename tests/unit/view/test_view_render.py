@@ -142,6 +142,7 @@ def test_neuron_page_escapes_text_from_the_run() -> None:
     page = render_page("neuron.html.j2", {**neuron_page(t), "nav": None})
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;/script&gt;" in page
     assert page.count("<script") == 2 and "<img" not in page  # the data block and the inlined view.js
+    assert "Content-Security-Policy\" content=\"default-src 'none';" in page
     blob = page.split('id="nx-data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(blob)["ex"]["0"][0] == "</script><img src=x onerror=alert(1)>"
 
