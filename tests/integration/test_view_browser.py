@@ -217,3 +217,18 @@ def test_notebook_iframes_render_offline(view_run: Path, tmp_path: Path, watched
         assert frame.locator(".nx-tok").count() == want
         assert frame.locator("h1").inner_text() == f"Layer {view.layer} · neuron {view.neuron}"
     watched.assert_clean()
+
+
+def test_the_page_policy_refuses_outside_resources(site: Path, watched: Watched) -> None:
+    """Even if a page held an outside URL (here injected on purpose), the browser would not load it."""
+    layer, n = EXPLAINED[0]
+    original = site / "neurons" / str(layer) / f"{n}.html"
+    injected = original.with_name("injected.html")
+    injected.write_text(original.read_text().replace("</main>", '</main><img src="https://example.invalid/p.png">'))
+    try:
+        page = watched.open(injected)
+        page.wait_for_timeout(300)
+        assert page.locator(".nx-tok").count() > 0
+        assert any("Content Security Policy" in e for e in watched.errors), watched.errors
+    finally:
+        injected.unlink()
