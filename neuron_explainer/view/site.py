@@ -186,8 +186,11 @@ def build_site(
     for layer, stats, keys in per_layer:
         stage = StageTables(src, [layer])
         subset = None if wanted is None else stats.neuron.astype(int).tolist()
-        records = src.layer_records(layer, subset)
-        if "density" in stats.columns:
+        has_density = "density" in stats.columns
+        # the records are needed for pages, and for the index only to estimate a missing density
+        page_neurons = None if wanted is None and page_set is None else [k[1] for k in keys]
+        records = src.layer_records(layer, page_neurons if has_density else subset)
+        if has_density:
             density = stats.set_index("neuron")["density"]
         else:
             density = density_from_records(records)

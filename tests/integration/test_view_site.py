@@ -221,3 +221,23 @@ def test_notebook_view_is_a_self_contained_iframe(view_run: Path) -> None:
     assert set(view.records.kind) == {"top", "random", "quantile"} and "tokens" in view.records
     assert len(view.scores) == len(view.explanations) > 0 and "top_and_random" in view.scores
     assert view.stats["neuron"] == n and not view.simulations.empty
+
+
+def test_a_density_column_in_neuron_stats_is_used_as_is(view_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    shutil.copytree(view_run, run)
+    for path in (run / "neuron_stats").glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.append_column("density", pc.divide(pc.cast(table["neuron"], "float64"), 1000.0)), path)
+    report = build_site(run, tmp_path / "site", pages=[(1, 5)])
+    assert report.density_estimated is False and report.n_pages == 1
+    chunk = index_chunks(tmp_path / "site")[1]
+    assert chunk["dens"][:3] == [0.0, 0.001, 0.002] and chunk["pages"] == [5]
+    assert "Density (est.)" not in (tmp_path / "site" / "index.html").read_text()
+    page = (tmp_path / "site" / "neurons" / "1" / "5.html").read_text()
+    assert "<th>density</th><td>0.005</td>" in page
