@@ -96,34 +96,84 @@ def _nav(key: Key, order: list[Key], position: dict[Key, int]) -> dict[str, str 
     }
 
 
-def _layer_pages(
-    src: ViewSource,
-    stage: StageTables,
-    layer: int,
-    stats: pd.DataFrame,
-    records: pd.DataFrame,
-    keys: list[Key],
-    nav: Callable[[Key], dict],
-    out: Path,
-    report: SiteReport,
-    tick: Callable[[], None],
-) -> None:
-    """Write the pages of one layer's neurons (tokens of the whole layer read at once)."""
-    by_neuron: dict[int, list[dict]] = {}
-    for row in records.to_dict("records"):
-        by_neuron.setdefault(int(row["neuron"]), []).append(row)
-    ids = set(records["excerpt_id"].astype(int))
-    for key in keys:
-        ids.update(stage.simulated_excerpts(key))
-    tokens = src.excerpt_tokens(sorted(ids))
-    stats_rows = {int(r["neuron"]): r for r in stats.to_dict("records")}
-    (out / "neurons" / str(layer)).mkdir(parents=True, exist_ok=True)
-    for key in keys:
-        context = neuron_page(stage.neuron(key, stats_rows[key[1]], by_neuron.get(key[1], []), tokens))
-        html = render_page("neuron.html.j2", {**context, "nav": nav(key)}, asset_prefix="../../assets/")
-        report.page_bytes.append(_write(out / page_path(key), html, report))
-        report.n_pages += 1
-        tick()
+class _Builder:
+    """One build: the source, the output folder, the plan (which neurons, which pages) and the report."""
+
+    def __init__(self, src: ViewSource, out: Path, chosen: list[Key] | None, pages: list[Key] | None) -> None:
+        self.src, self.out = src, out
+        self.report = SiteReport(out_dir=out, index=out / "index.html", layers=[])
+        self.wanted = set(chosen) if chosen is not None else None
+        self.page_set = set(pages) if pages is not None else None
+        self.plan: list[tuple[int, pd.DataFrame, list[Key]]] = []
+        layers = sorted({k[0] for k in chosen}) if chosen is not None else list(src.layers)
+        for layer in layers:
+            stats = src.neuron_stats(layer)
+            if self.wanted is not None:
+                stats = stats[[(layer, int(n)) in self.wanted for n in stats.neuron]]
+            keys = [(layer, int(n)) for n in stats.neuron]
+            self.plan.append((layer, stats, [k for k in keys if self.page_set is None or k in self.page_set]))
+        self.order = [k for _, _, keys in self.plan for k in keys]
+        """Every page in site order, for prev/next links."""
+        self.position = {k: i for i, k in enumerate(self.order)}
+        self.files: list[str] = []
+        self.hist: list[dict] = []
+        self.explained = 0
+
+    def layer(self, layer: int, stats: pd.DataFrame, keys: list[Key], progress: ProgressFn | None) -> None:
+        """Write one layer's index file and its neuron pages."""
+        src, report = self.src, self.report
+        stage = StageTables(src, [layer])
+        has_density = "density" in stats.columns
+        # the records are needed for pages, and for the index only to estimate a missing density
+        every = self.wanted is None and self.page_set is None
+        selected = None if self.wanted is None else stats.neuron.astype(int).tolist()
+        records = src.layer_records(layer, (None if every else [k[1] for k in keys]) if has_density else selected)
+        if has_density:
+            density = stats.set_index("neuron")["density"]
+        else:
+            density = density_from_records(records)
+            report.density_estimated = True
+        pages = None if self.page_set is None else {k[1] for k in keys}
+        chunk = index_chunk(layer, stats, stage.best, density, pages)
+        name = f"index/layer-{layer:03d}.js"
+        _write(self.out / name, f"NX.indexChunk({embed_json(chunk)});\n", report)
+        self.files.append(name)
+        self.hist.append({"layer": layer, **score_histogram(pd.Series(chunk["tr"], dtype=float))})
+        self.explained += sum(1 for e in chunk["expl"] if e)
+        report.n_neurons += len(chunk["neuron"])
+        report.layers.append(layer)
+        if keys:
+            started = time.perf_counter()
+            self.pages(stage, layer, stats, records, keys, progress)
+            report.pages_seconds += time.perf_counter() - started
+
+    def pages(
+        self,
+        stage: StageTables,
+        layer: int,
+        stats: pd.DataFrame,
+        records: pd.DataFrame,
+        keys: list[Key],
+        progress: ProgressFn | None,
+    ) -> None:
+        """Write the pages of one layer's neurons (the tokens of the whole layer read at once)."""
+        by_neuron: dict[int, list[dict]] = {}
+        for row in records.to_dict("records"):
+            by_neuron.setdefault(int(row["neuron"]), []).append(row)
+        ids = set(records["excerpt_id"].astype(int))
+        for key in keys:
+            ids.update(stage.simulated_excerpts(key))
+        tokens = self.src.excerpt_tokens(sorted(ids))
+        stats_rows = {int(r["neuron"]): r for r in stats.to_dict("records")}
+        (self.out / "neurons" / str(layer)).mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            context = neuron_page(stage.neuron(key, stats_rows[key[1]], by_neuron.get(key[1], []), tokens))
+            nav = _nav(key, self.order, self.position)
+            html = render_page("neuron.html.j2", {**context, "nav": nav}, asset_prefix="../../assets/")
+            self.report.page_bytes.append(_write(self.out / page_path(key), html, self.report))
+            self.report.n_pages += 1
+            if progress:
+                progress("view", self.report.n_pages, len(self.order))
 
 
 def build_site(
@@ -154,60 +204,14 @@ def build_site(
     page_keys = check_neurons(src, pages, allow_empty=True)
     out = Path(out_dir)
     _prepare(out)
-    report = SiteReport(out_dir=out, index=out / "index.html", layers=[])
+    build = _Builder(src, out, chosen, page_keys)
+    report = build.report
     for name in ASSET_NAMES:
         _write(out / "assets" / name, asset_text(name), report)
     report.output_tokens = src.output_tokens() is not None
-    layers = sorted({k[0] for k in chosen}) if chosen is not None else list(src.layers)
-    wanted = set(chosen) if chosen is not None else None
-    page_set = set(page_keys) if page_keys is not None else None
-    order: list[Key] = []  # every page, for prev/next, filled per layer below
-    files, hist = [], []
-    done = [0]
-
-    def tick() -> None:
-        done[0] += 1
-        if progress:
-            progress("view", done[0], total_pages[0])
-
-    total_pages = [0]
-    per_layer: list[tuple[int, pd.DataFrame, list[Key]]] = []
-    for layer in layers:
-        stats = src.neuron_stats(layer)
-        if wanted is not None:
-            stats = stats[[(layer, int(n)) in wanted for n in stats.neuron]]
-        keys = [(layer, int(n)) for n in stats.neuron]
-        keys = [k for k in keys if page_set is None or k in page_set]
-        per_layer.append((layer, stats, keys))
-        order.extend(keys)
-        total_pages[0] += len(keys)
-    position = {k: i for i, k in enumerate(order)}
-    explained = 0
-    for layer, stats, keys in per_layer:
-        stage = StageTables(src, [layer])
-        subset = None if wanted is None else stats.neuron.astype(int).tolist()
-        has_density = "density" in stats.columns
-        # the records are needed for pages, and for the index only to estimate a missing density
-        page_neurons = None if wanted is None and page_set is None else [k[1] for k in keys]
-        records = src.layer_records(layer, page_neurons if has_density else subset)
-        if has_density:
-            density = stats.set_index("neuron")["density"]
-        else:
-            density = density_from_records(records)
-            report.density_estimated = True
-        chunk = index_chunk(layer, stats, stage.best, density, None if page_set is None else {k[1] for k in keys})
-        name = f"index/layer-{layer:03d}.js"
-        _write(out / name, f"NX.indexChunk({embed_json(chunk)});\n", report)
-        files.append(name)
-        hist.append({"layer": layer, **score_histogram(pd.Series(chunk["tr"], dtype=float))})
-        report.n_neurons += len(chunk["neuron"])
-        explained += sum(1 for e in chunk["expl"] if e)
-        report.layers.append(layer)
-        if keys:
-            t0 = time.perf_counter()
-            _layer_pages(src, stage, layer, stats, records, keys, lambda k: _nav(k, order, position), out, report, tick)
-            report.pages_seconds += time.perf_counter() - t0
-    _write_index(src, explained, report, files, hist)
+    for layer, stats, keys in build.plan:
+        build.layer(layer, stats, keys, progress)
+    _write_index(src, build.explained, report, build.files, build.hist)
     report.seconds = time.perf_counter() - started
     summary = {k: v for k, v in report.__dict__.items() if k not in ("out_dir", "index", "page_bytes")}
     summary["page_bytes_max"] = max(report.page_bytes, default=0)
