@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--keep", action="store_true", help="keep the run and sites")
+    parser.add_argument("--reuse-run", action="store_true", help="reuse the synthetic run already in --out")
     args = parser.parse_args()
     from neuron_explainer.view import build_site
 
@@ -239,7 +240,11 @@ def main() -> None:
     rng = random.Random(0)
     sample = sorted(rng.sample([(a, b) for a in range(args.layers) for b in range(args.neurons)], args.pages))
     result: dict[str, object] = {"layers": args.layers, "neurons_per_layer": args.neurons, "neurons": total}
-    result["generate_run_s"] = make_run(work / "run", args.layers, args.neurons, sample)
+    if args.reuse_run and (work / "run" / "manifest.json").exists():
+        shutil.rmtree(work / "index-only", ignore_errors=True)
+        shutil.rmtree(work / "site", ignore_errors=True)
+    else:
+        result["generate_run_s"] = make_run(work / "run", args.layers, args.neurons, sample)
     result["run_bytes"] = folder_bytes(work / "run")
     index_only = build_site(work / "run", work / "index-only", pages=[])
     result["index_build_s"] = index_only.seconds

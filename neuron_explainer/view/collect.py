@@ -9,10 +9,15 @@ import pandas as pd
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.view.data import ViewSource
 from neuron_explainer.view.neuron_data import NeuronTables
-from neuron_explainer.view.summary import best_explanations, explanation_table
+from neuron_explainer.view.summary import (
+    ABLATION_READ_COLUMNS,
+    EXPLANATION_COLUMNS,
+    SCORE_READ_COLUMNS,
+    best_explanations,
+    explanation_table,
+)
 
 Key = tuple[int, int]
-STAGE_NAMES = ("explanations", "scores", "ablation_scores", "simulations", "revision_scores", "revision_sentences")
 
 
 def rows_by_neuron(frame: pd.DataFrame) -> dict[Key, list[dict[str, Any]]]:
@@ -25,23 +30,41 @@ def rows_by_neuron(frame: pd.DataFrame) -> dict[Key, list[dict[str, Any]]]:
     return out
 
 
-class StageTables:
-    """The stage tables of a source (or of some of its layers), read once and indexed by neuron."""
+def read_explanation_table(src: ViewSource, layers: list[int] | None = None) -> pd.DataFrame:
+    """summary.explanation_table of a source (or of some layers), reading only the columns it needs."""
+    return explanation_table(
+        src.table("explanations", layers, EXPLANATION_COLUMNS),
+        src.table("scores", layers, SCORE_READ_COLUMNS),
+        src.table("ablation_scores", layers, ABLATION_READ_COLUMNS),
+    )
 
-    def __init__(self, src: ViewSource, layers: list[int] | None = None) -> None:
-        tables = {n: src.table(n, layers) for n in STAGE_NAMES}
-        self.table = explanation_table(tables["explanations"], tables["scores"], tables["ablation_scores"])
-        """summary.explanation_table over the rows read."""
+
+class StageTables:
+    """The stage tables of some layers of a source, read once and indexed by neuron."""
+
+    def __init__(
+        self, src: ViewSource, layers: list[int], table: pd.DataFrame | None = None, neurons: list[Key] | None = None
+    ) -> None:
+        """Read the layers' stage tables (only the rows of `neurons` when given).
+
+        `table` is a read_explanation_table() result to reuse, if any.
+        """
+        if table is None:
+            table = read_explanation_table(src, layers)
+        table = table[table["layer"].isin(layers)]
+        if neurons is not None:
+            wanted = pd.MultiIndex.from_tuples(neurons, names=["layer", "neuron"])
+            table = table[pd.MultiIndex.from_frame(table[["layer", "neuron"]]).isin(wanted)]
+        self.table = table
+        """summary.explanation_table rows of these layers."""
         self.best = best_explanations(self.table)
         """The best explanation per neuron (explainer models only)."""
         self._explanations = rows_by_neuron(self.table)
-        self._simulations = rows_by_neuron(tables["simulations"])
-        self._revision_scores = rows_by_neuron(tables["revision_scores"])
-        self._revision_sentences = rows_by_neuron(tables["revision_sentences"])
+        self._simulations = rows_by_neuron(src.table("simulations", layers))
+        self._revision_scores = rows_by_neuron(src.table("revision_scores", layers))
+        self._revision_sentences = rows_by_neuron(src.table("revision_sentences", layers))
         out = src.output_tokens()
-        if out is not None and layers is not None:
-            out = out[out["layer"].isin(layers)]
-        self._output_tokens = None if out is None else rows_by_neuron(out)
+        self._output_tokens = None if out is None else rows_by_neuron(out[out["layer"].isin(layers)])
         self.model = src.model_name()
         """The subject model's name, for page headers."""
 

@@ -161,18 +161,20 @@ class ViewSource:
             raise RunDirError(f"{len(ids) - len(found)} referenced excerpt(s) are missing from {self.root}/data")
         return found
 
-    def table(self, name: str, layers: Sequence[int] | None = None) -> pd.DataFrame:
+    def table(
+        self, name: str, layers: Sequence[int] | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """A stage table (explanations, simulations, scores, ...) as one frame; empty when absent.
 
-        With `layers`, only those layers' rows are read (the filter reaches the Parquet reader, so a
-        whole-model run is never held in memory at once).
+        With `layers`, only those layers' rows are read, and with `columns` only those columns (both
+        reach the Parquet reader, so a whole-model run is never held in memory at once).
 
         Raises:
             RunDirError: an unknown table, or a part file is corrupt or unreadable.
         """
         if name not in STAGE_TABLES:
             raise RunDirError(f"unknown stage table {name!r}: choose one of {sorted(STAGE_TABLES)}")
-        if layers is None:
+        if layers is None and columns is None:
             if name not in self._tables:
                 if self.exported:
                     path = self._data_file(name)
@@ -181,11 +183,13 @@ class ViewSource:
                 else:
                     self._tables[name] = read_table(RunStore(self.root), name, STAGE_TABLES[name])
             return self._tables[name]  # type: ignore[return-value]
+        cols = list(columns) if columns is not None else None
         dataset = self._dataset(name)
         if dataset is None:
-            return _empty(name)
+            return _empty(name)[cols] if cols else _empty(name)
+        where = None if layers is None else pc.field("layer").isin([int(x) for x in layers])
         try:
-            table = dataset.to_table(filter=pc.field("layer").isin([int(x) for x in layers]))
+            table = dataset.to_table(columns=cols, filter=where)
         except (pa.ArrowInvalid, OSError) as e:
             raise RunDirError(f"the {name} table under {self.root} is corrupt or unreadable: {e}") from e
         return table.to_pandas()

@@ -22,11 +22,17 @@ from pathlib import Path
 import pandas as pd
 
 from neuron_explainer.errors import ConfigError
-from neuron_explainer.view.collect import Key, StageTables, check_neurons
+from neuron_explainer.view.collect import Key, StageTables, check_neurons, read_explanation_table
 from neuron_explainer.view.data import ViewSource, open_source
 from neuron_explainer.view.neuron_data import neuron_page
 from neuron_explainer.view.render import ASSET_NAMES, asset_text, embed_json, render_page
-from neuron_explainer.view.summary import SCORE_BINS, density_from_records, index_chunk, score_histogram
+from neuron_explainer.view.summary import (
+    SCORE_BINS,
+    best_explanations,
+    density_from_records,
+    index_chunk,
+    score_histogram,
+)
 
 MARKER = "nx-site.json"
 ProgressFn = Callable[[str, int, int], None]
@@ -115,6 +121,9 @@ class _Builder:
         self.order = [k for _, _, keys in self.plan for k in keys]
         """Every page in site order, for prev/next links."""
         self.position = {k: i for i, k in enumerate(self.order)}
+        self.table = read_explanation_table(src, layers)
+        """Every explanation of these layers with its scores (only the columns the index needs)."""
+        self.best = best_explanations(self.table)
         self.files: list[str] = []
         self.hist: list[dict] = []
         self.explained = 0
@@ -122,7 +131,6 @@ class _Builder:
     def layer(self, layer: int, stats: pd.DataFrame, keys: list[Key], progress: ProgressFn | None) -> None:
         """Write one layer's index file and its neuron pages."""
         src, report = self.src, self.report
-        stage = StageTables(src, [layer])
         has_density = "density" in stats.columns
         # the records are needed for pages, and for the index only to estimate a missing density
         every = self.wanted is None and self.page_set is None
@@ -134,7 +142,7 @@ class _Builder:
             density = density_from_records(records)
             report.density_estimated = True
         pages = None if self.page_set is None else {k[1] for k in keys}
-        chunk = index_chunk(layer, stats, stage.best, density, pages)
+        chunk = index_chunk(layer, stats, self.best, density, pages)
         name = f"index/layer-{layer:03d}.js"
         _write(self.out / name, f"NX.indexChunk({embed_json(chunk)});\n", report)
         self.files.append(name)
@@ -144,6 +152,7 @@ class _Builder:
         report.layers.append(layer)
         if keys:
             started = time.perf_counter()
+            stage = StageTables(src, [layer], self.table, None if len(keys) == len(stats) else keys)
             self.pages(stage, layer, stats, records, keys, progress)
             report.pages_seconds += time.perf_counter() - started
 
@@ -164,7 +173,8 @@ class _Builder:
         for key in keys:
             ids.update(stage.simulated_excerpts(key))
         tokens = self.src.excerpt_tokens(sorted(ids))
-        stats_rows = {int(r["neuron"]): r for r in stats.to_dict("records")}
+        page_stats = stats if len(keys) == len(stats) else stats[stats.neuron.isin([k[1] for k in keys])]
+        stats_rows = {int(r["neuron"]): r for r in page_stats.to_dict("records")}
         (self.out / "neurons" / str(layer)).mkdir(parents=True, exist_ok=True)
         for key in keys:
             context = neuron_page(stage.neuron(key, stats_rows[key[1]], by_neuron.get(key[1], []), tokens))

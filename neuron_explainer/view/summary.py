@@ -35,6 +35,13 @@ def is_baseline(explainer: pd.Series) -> pd.Series:
     return explainer.astype(str).str.startswith("baseline:")
 
 
+EXPLANATION_COLUMNS = ["layer", "neuron", "explanation_id", "explanation", "explainer", "prompt_version", "round"]
+EXPLANATION_COLUMNS += ["sample_idx", "view"]
+SCORE_READ_COLUMNS = ["explanation_id", "simulator", "scorer", "correlation"]
+ABLATION_READ_COLUMNS = ["explanation_id", "simulator", "scorer", "score"]
+"""The columns explanation_table reads from each table (the rest is never loaded for it)."""
+
+
 def explanation_table(explanations: pd.DataFrame, scores: pd.DataFrame, ablation: pd.DataFrame) -> pd.DataFrame:
     """One row per (explanation, simulator) with its correlation and ablation scores (TABLE_COLUMNS).
 
@@ -53,9 +60,7 @@ def explanation_table(explanations: pd.DataFrame, scores: pd.DataFrame, ablation
         ab = ablation.groupby([*keys, "scorer"])["score"].first().unstack("scorer")
         ab = ab.rename(columns={"top_and_random": "ablation", "random_only": "ablation_random_only"}).reset_index()
         wide = wide.merge(ab, on=keys, how="outer")
-    cols = ["layer", "neuron", "explanation_id", "explanation", "explainer", "prompt_version", "round", "sample_idx"]
-    cols.append("view")
-    table = expl[cols].merge(wide, on="explanation_id", how="left")
+    table = expl[EXPLANATION_COLUMNS].merge(wide, on="explanation_id", how="left")
     for col in ("top_and_random", "random_only", "ablation", "ablation_random_only"):
         table[col] = pd.to_numeric(table[col], errors="coerce") if col in table else np.nan
     table["simulator"] = table["simulator"].fillna("")
