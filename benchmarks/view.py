@@ -196,9 +196,12 @@ def browse(site: Path, page_path: Path, total: int, chromium: str) -> dict[str, 
         page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
         started = time.perf_counter()
         page.goto((site / "index.html").as_uri())
-        page.wait_for_function("document.querySelectorAll('#nx-index tbody tr').length > 0", timeout=600_000)
+        page.wait_for_function("() => document.querySelectorAll('#nx-index tbody tr').length > 0", timeout=600_000)
         out["index_first_rows_s"] = time.perf_counter() - started
-        done = "(t => t.includes(' of ') && !t.includes('loading'))(document.getElementById('nx-status').textContent)"
+        done = (
+            "() => (t => t.includes(' of ') && !t.includes('loading'))"
+            "(document.getElementById('nx-status').textContent)"
+        )
         page.wait_for_function(done, timeout=600_000)
         out["index_all_layers_s"] = time.perf_counter() - started
         out["index_js_heap_mb"] = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize / 1e6 : -1")
@@ -215,7 +218,7 @@ def browse(site: Path, page_path: Path, total: int, chromium: str) -> dict[str, 
         out["sort_max_ms"] = page.evaluate(sort)
         started = time.perf_counter()
         page.goto(page_path.as_uri())
-        page.wait_for_function("document.querySelectorAll('.nx-tok').length > 0")
+        page.wait_for_function("() => document.querySelectorAll('.nx-tok').length > 0")
         out["neuron_page_s"] = time.perf_counter() - started
         out["neuron_page_spans"] = page.locator(".nx-tok").count()
         out["page_errors"] = len(errors)

@@ -104,7 +104,9 @@ def site_shots(run: Path, site: Path) -> list[Shot]:
     best = scores[scores.scorer == "top_and_random"].sort_values("correlation", ascending=False)
     layer, neuron = (int(best.layer.iloc[0]), int(best.neuron.iloc[0])) if len(best) else keys[0]
     page = site / "neurons" / str(layer) / f"{neuron}.html"
-    loaded = "(t => t.includes(' of ') && !t.includes('loading'))(document.getElementById('nx-status').textContent)"
+    loaded = (
+        "() => (t => t.includes(' of ') && !t.includes('loading'))(document.getElementById('nx-status').textContent)"
+    )
     return [
         Shot("viewer-index", site / "index.html", wait_for=[loaded]),
         Shot("viewer-neuron", page, hover='[data-key="groups.top"] .nx-pos'),

@@ -156,20 +156,20 @@ def rows(page) -> list[list[str]]:
 def test_index_search_filters_and_sorting(site: Path, view_run: Path, watched: Watched) -> None:
     manifest_layers, total = [0, 1], 256
     page = watched.open(site / "index.html")
-    page.wait_for_function(f"document.getElementById('nx-status').textContent.startsWith('{total} of {total}')")
+    page.wait_for_function(f"() => document.getElementById('nx-status').textContent.startsWith('{total} of {total}')")
     assert len(rows(page)) == 100  # one page of rows in the DOM
     assert page.locator(".nx-mini").count() == len(manifest_layers)
     # search: the rows shown are exactly the neurons whose best explanation holds the words
     first_expl = rows(page)[0][2]
     word = first_expl.split()[3]  # "tokens of kind <k> ..." -> "<k>"
     page.fill("#nx-search", f"kind {word} ")
-    page.wait_for_function("document.querySelectorAll('#nx-index tbody tr').length < 100")
+    page.wait_for_function("() => document.querySelectorAll('#nx-index tbody tr').length < 100")
     shown = rows(page)
     assert shown and all(f"kind {word} " in r[2] for r in shown)
     page.fill("#nx-search", "no explanation says this")
-    page.wait_for_function("document.querySelectorAll('#nx-index tbody tr').length === 0")
+    page.wait_for_function("() => document.querySelectorAll('#nx-index tbody tr').length === 0")
     page.fill("#nx-search", "")
-    page.wait_for_function("document.querySelectorAll('#nx-index tbody tr').length === 100")
+    page.wait_for_function("() => document.querySelectorAll('#nx-index tbody tr').length === 100")
     # sorting by max activation, both directions, against the neuron_stats table read directly
     import pandas as pd
 
@@ -182,18 +182,18 @@ def test_index_search_filters_and_sorting(site: Path, view_run: Path, watched: W
     assert float(rows(page)[0][6]) == pytest.approx(stats.max_activation.min(), rel=1e-3)
     # layer filter and score range
     page.select_option("#nx-layer", "1")
-    page.wait_for_function("document.getElementById('nx-status').textContent.startsWith('128 of')")
+    page.wait_for_function("() => document.getElementById('nx-status').textContent.startsWith('128 of')")
     assert {r[0] for r in rows(page)} == {"1"}
     page.select_option("#nx-layer", "")
     page.fill("#nx-min", "0.1")
-    page.wait_for_function("document.getElementById('nx-status').textContent.startsWith('256 of') === false")
+    page.wait_for_function("() => document.getElementById('nx-status').textContent.startsWith('256 of') === false")
     assert all(float(r[3]) >= 0.1 for r in rows(page))
     watched.assert_clean()
 
 
 def test_index_links_open_neuron_pages(site: Path, watched: Watched) -> None:
     page = watched.open(site / "index.html")
-    page.wait_for_function("document.querySelectorAll('#nx-index tbody tr').length === 100")
+    page.wait_for_function("() => document.querySelectorAll('#nx-index tbody tr').length === 100")
     link = page.locator("#nx-index tbody a").first
     href = link.get_attribute("href")
     link.click()

@@ -256,14 +256,36 @@
     return v === "" ? null : parseFloat(v);
   }
 
+  /* All rows in the current sort order, computed again only when the sort or the rows change, so
+     typing in the search box costs one pass over the rows and no sort. */
+  function order() {
+    var key = ix.sortCol + ":" + ix.sortDir + ":" + ix.rows;
+    if (ix.orderKey === key) return ix.order;
+    var col = ix[ix.sortCol], dir = ix.sortDir;
+    var all = new Array(ix.rows);
+    for (var i = 0; i < ix.rows; i++) all[i] = i;
+    all.sort(function (a, b) {
+      var x = col[a], y = col[b];
+      if (x === y || (x === null && y === null)) return ix.layer[a] - ix.layer[b] || ix.neuron[a] - ix.neuron[b];
+      if (x === null || x === "") return 1;  /* missing values last in either direction */
+      if (y === null || y === "") return -1;
+      return (x < y ? -1 : 1) * dir;
+    });
+    ix.order = all;
+    ix.orderKey = key;
+    return all;
+  }
+
   function refresh() {
     var q = document.getElementById("nx-search").value.trim().toLowerCase();
     var words = q ? q.split(/\s+/) : [];
     var layerSel = document.getElementById("nx-layer").value;
     var layer = layerSel === "" ? null : +layerSel;
     var lo = number("nx-min"), hi = number("nx-max");
+    var all = order();
     var view = [];
-    for (var i = 0; i < ix.rows; i++) {
+    for (var k = 0; k < all.length; k++) {
+      var i = all[k];
       if (layer !== null && ix.layer[i] !== layer) continue;
       var tr = ix.tr[i];
       if ((lo !== null || hi !== null) && (tr === null || (lo !== null && tr < lo) || (hi !== null && tr > hi))) continue;
@@ -271,14 +293,6 @@
       for (var w = 0; w < words.length && ok; w++) ok = ix.lower[i].indexOf(words[w]) >= 0;
       if (ok) view.push(i);
     }
-    var col = ix[ix.sortCol], dir = ix.sortDir;
-    view.sort(function (a, b) {
-      var x = col[a], y = col[b];
-      if (x === y || (x === null && y === null)) return ix.layer[a] - ix.layer[b] || ix.neuron[a] - ix.neuron[b];
-      if (x === null || x === "") return 1;  /* missing values last in either direction */
-      if (y === null || y === "") return -1;
-      return (x < y ? -1 : 1) * dir;
-    });
     ix.view = view;
     ix.el.querySelectorAll("th[data-col]").forEach(function (th) {
       th.setAttribute("aria-sort", th.dataset.col === ix.sortCol ? (ix.sortDir > 0 ? "ascending" : "descending") : "none");
