@@ -230,7 +230,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=48)
     parser.add_argument("--neurons", type=int, default=6400)
-    parser.add_argument("--pages", type=int, default=2000, help="neuron pages to build (a uniform sample)")
+    parser.add_argument("--pages", type=int, default=2000, help="neuron pages to build")
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="pages for a uniform sample over all layers (per-layer reads then weigh on each page) instead of "
+        "the first neurons in layer order (what a whole-model build pays per page)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--keep", action="store_true", help="keep the run and sites")
@@ -241,8 +247,10 @@ def main() -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="nxview-"))
     total = args.layers * args.neurons
     rng = random.Random(0)
-    sample = sorted(rng.sample([(a, b) for a in range(args.layers) for b in range(args.neurons)], args.pages))
+    every = [(a, b) for a in range(args.layers) for b in range(args.neurons)]
+    sample = sorted(rng.sample(every, args.pages)) if args.spread else every[: args.pages]
     result: dict[str, object] = {"layers": args.layers, "neurons_per_layer": args.neurons, "neurons": total}
+    result["page_sample"] = "uniform over all layers" if args.spread else f"first {args.pages} neurons in layer order"
     if args.reuse_run and (work / "run" / "manifest.json").exists():
         shutil.rmtree(work / "index-only", ignore_errors=True)
         shutil.rmtree(work / "site", ignore_errors=True)
