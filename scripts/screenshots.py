@@ -69,6 +69,8 @@ def capture(shots: list[Shot], out_dir: Path, chromium: str) -> list[Path]:
                 page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
             if shot.scroll_to:
                 page.locator(shot.scroll_to).first.evaluate("e => e.scrollIntoView()")
+            if shot.hover == STRONGEST:
+                mark_strongest(page)
             if shot.hover:
                 page.locator(shot.hover).first.hover()
             if problems:
@@ -91,6 +93,18 @@ def tiny_run(work: Path) -> Path:
     return work / "run"
 
 
+STRONGEST = '[data-key="groups.top"] .nx-ex:first-child .nx-strongest'
+
+
+def mark_strongest(page) -> None:
+    """Mark the strongest token of the first top excerpt, so the shot shows its tooltip."""
+    page.evaluate(
+        """() => { const spans = [...document.querySelectorAll('[data-key="groups.top"] .nx-ex:first-child .nx-tok')];
+        const v = s => NX.data.groups.top.items[0].rows[0].v[+s.dataset.i] || 0;
+        spans.reduce((a, b) => (v(b) > v(a) ? b : a)).classList.add('nx-strongest'); }"""
+    )
+
+
 def site_shots(run: Path, site: Path) -> list[Shot]:
     """Build the site (pages for the explained neurons) and list the documentation shots."""
     from neuron_explainer.view import build_site
@@ -109,7 +123,7 @@ def site_shots(run: Path, site: Path) -> list[Shot]:
     )
     return [
         Shot("viewer-index", site / "index.html", wait_for=[loaded]),
-        Shot("viewer-neuron", page, hover='[data-key="groups.top"] .nx-pos'),
+        Shot("viewer-neuron", page, hover=STRONGEST, size=(1280, 1500)),
         Shot("viewer-simulation", page, scroll_to=".nx-sim"),
     ]
 

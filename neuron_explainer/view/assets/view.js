@@ -42,6 +42,7 @@
       item.rows.forEach(function (row, r) {
         out.push('<div class="nx-row">');
         if (item.rows.length > 1) out.push('<span class="nx-rowname">' + esc(row.n) + "</span>");
+        out.push('<span class="nx-toks">');
         for (var i = 0; i < row.v.length; i++) {
           var v = row.v[i];
           var cls = v > 0 ? "nx-tok nx-pos" : v < 0 ? "nx-tok nx-neg" : "nx-tok";
@@ -50,7 +51,7 @@
           out.push('<span class="' + cls + '" style="background:' + shade(v, row.s) + '" data-e="' + e +
             '" data-r="' + r + '" data-i="' + i + '">' + esc(tok) + "</span>");
         }
-        out.push("</div>");
+        out.push("</span></div>");
       });
       out.push("</div>");
     });
@@ -150,10 +151,21 @@
     out.push('<rect class="nx-frame" x="' + L + '" y="' + T + '" width="' + (W - L - R) + '" height="' + (H - B - T) + '"/>');
     var key = el.dataset.key.split(".").pop();
     var cal = data.scatter && data.scatter[key] && data.scatter[key].cal;
-    if (cal && cal.slope) {  /* activation = slope * simulated + intercept, drawn as simulated(activation) */
-      var y0 = (rx[0] - cal.intercept) / cal.slope, y1 = (rx[1] - cal.intercept) / cal.slope;
-      out.push('<line class="nx-cal" x1="' + X(rx[0]).toFixed(1) + '" y1="' + Y(y0).toFixed(1) + '" x2="' +
-        X(rx[1]).toFixed(1) + '" y2="' + Y(y1).toFixed(1) + '"/>');
+    if (cal && cal.slope) {
+      /* activation = slope * simulated + intercept: the points (a, s) on it inside the frame */
+      var ends = [];
+      [ry[0], ry[1]].forEach(function (sv) {
+        var a = cal.slope * sv + cal.intercept;
+        if (a >= rx[0] && a <= rx[1]) ends.push([a, sv]);
+      });
+      [rx[0], rx[1]].forEach(function (a) {
+        var sv = (a - cal.intercept) / cal.slope;
+        if (sv > ry[0] && sv < ry[1]) ends.push([a, sv]);
+      });
+      if (ends.length >= 2) {
+        out.push('<line class="nx-cal" x1="' + X(ends[0][0]).toFixed(1) + '" y1="' + Y(ends[0][1]).toFixed(1) +
+          '" x2="' + X(ends[1][0]).toFixed(1) + '" y2="' + Y(ends[1][1]).toFixed(1) + '"><title>calibration</title></line>');
+      }
     }
     for (var i = 0; i < xs.length; i++) {
       out.push('<circle class="nx-pt" cx="' + X(xs[i]).toFixed(1) + '" cy="' + Y(ys[i]).toFixed(1) + '" r="2.2"/>');
