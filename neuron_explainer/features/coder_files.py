@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +108,8 @@ def resolve_coder_hooks(
     return hook_in, (hook_out if transcoder else hook_in), transcoder
 
 
-def build_coder(config: CoderConfig, tensors: dict[str, torch.Tensor]) -> SparseCoder:
-    """SparseCoder with the loader-level checks."""
+def build_coder(config: CoderConfig, tensors: Mapping[str, torch.Tensor | None]) -> SparseCoder:
+    """SparseCoder with the loader-level checks; a None tensor counts as absent."""
     coder = SparseCoder(config, tensors)
     if coder.is_transcoder and config.subtract_decoder_bias:
         raise ConfigError(f"{config.source}: a transcoder cannot subtract b_dec (it has the output's width)")

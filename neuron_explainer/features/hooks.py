@@ -331,9 +331,9 @@ def add_at_hook(
 
     def pre_hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         tensor, where = _first_tensor(args, kwargs, spec)
-        if where == 0:
-            return (shifted(tensor), *args[1:]), kwargs
-        return args, {**kwargs, where: shifted(tensor)}
+        if isinstance(where, str):
+            return args, {**kwargs, where: shifted(tensor)}
+        return (shifted(tensor), *args[1:]), kwargs
 
     def post_hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
         tensor = shifted(_output_tensor(output, spec))

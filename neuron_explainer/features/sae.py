@@ -17,8 +17,9 @@ always this one product. A skip connection W_skip (d_out, d_in) adds x @ W_skip.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ _REQUIRED = {
     "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
 }
 _PER_LATENT = ("b_enc", "threshold", "b_gate", "r_mag", "b_mag", "latent_scale")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,54 @@ class CoderConfig:
     """Format-specific provenance kept for the manifest (config fields, names as written in the file)."""
 
 
-class SparseCoder(nn.Module):
-    """An SAE or transcoder at inference: encode to latents, decode latents, decoder rows, hooks, provenance."""
+class _FromConfig(Generic[_T]):
+    """A read-only SparseCoder attribute that reads its CoderConfig (a typed property, declared in one line)."""
 
-    def __init__(self, config: CoderConfig, tensors: dict[str, torch.Tensor]) -> None:
+    def __init__(self, read: Callable[[CoderConfig], _T]) -> None:
+        self.read = read
+
+    @overload
+    def __get__(self, coder: None, owner: type | None = None) -> _FromConfig[_T]: ...
+    @overload
+    def __get__(self, coder: SparseCoder, owner: type | None = None) -> _T: ...
+    def __get__(self, coder: SparseCoder | None, owner: type | None = None) -> _T | _FromConfig[_T]:
+        return self if coder is None else self.read(coder.config)
+
+    def __set__(self, coder: SparseCoder, value: object) -> None:
+        # Like a property without a setter: the config is the one place these live.
+        raise AttributeError("this attribute reads the coder's config; build a new CoderConfig to change it")
+
+
+class SparseCoder(nn.Module):
+    """An SAE or transcoder at inference: encode to latents, decode latents, decoder rows, hooks, provenance.
+
+    Tensors are float32 buffers; those an architecture does not use are absent (getattr(coder, name, None)).
+    """
+
+    W_enc: torch.Tensor
+    """Encoder (d_in, n_latents)."""
+    b_enc: torch.Tensor
+    """Encoder bias (n_latents,); gated coders use b_gate and b_mag instead."""
+    W_dec: torch.Tensor
+    """Decoder (n_latents, d_out), per-latent decoder factors folded in."""
+    b_dec: torch.Tensor
+    """Decoder bias (d_out,)."""
+    threshold: torch.Tensor
+    """jumprelu: per-latent threshold (n_latents,)."""
+    b_gate: torch.Tensor
+    """gated: gate bias (n_latents,)."""
+    r_mag: torch.Tensor
+    """gated: log of the per-latent magnitude scale (n_latents,)."""
+    b_mag: torch.Tensor
+    """gated: magnitude bias (n_latents,)."""
+    W_mag: torch.Tensor
+    """gated: W_enc * exp(r_mag), computed once."""
+    latent_scale: torch.Tensor
+    """topk, optional: per-latent factor applied to the pre-activations before the top-k (n_latents,)."""
+    W_skip: torch.Tensor
+    """Optional skip connection (d_out, d_in), used by `reconstruct` only."""
+
+    def __init__(self, config: CoderConfig, tensors: Mapping[str, torch.Tensor | None]) -> None:
         super().__init__()
         if config.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {config.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
@@ -99,7 +145,7 @@ class SparseCoder(nn.Module):
         if self.W_enc.dim() != 2 or self.W_dec.dim() != 2:
             raise ConfigError(f"{where}: W_enc and W_dec must be matrices, got {self._shape('W_enc', 'W_dec')}")
         d_in, n = self.W_enc.shape
-        expected = {name: (n,) for name in _PER_LATENT}
+        expected: dict[str, tuple[int, ...]] = {name: (n,) for name in _PER_LATENT}
         expected.update(W_dec=(n, self.W_dec.shape[1]), b_dec=(self.W_dec.shape[1],))
         expected["W_skip"] = (self.W_dec.shape[1], d_in)
         for name, shape in expected.items():
@@ -132,30 +178,16 @@ class SparseCoder(nn.Module):
         """Width of the output (the tensor at hook_out)."""
         return int(self.W_dec.shape[1])
 
-    @property
-    def architecture(self) -> str:
-        """Encoder nonlinearity, one of ARCHITECTURES."""
-        return self.config.architecture
-
-    @property
-    def is_transcoder(self) -> bool:
-        """Whether it maps hook_in to a different hook_out."""
-        return self.config.transcoder
-
-    @property
-    def hook_in(self) -> HookSpec:
-        """Where the input is read."""
-        return self.config.hook_in
-
-    @property
-    def hook_out(self) -> HookSpec:
-        """Where the output belongs."""
-        return self.config.hook_out
-
-    @property
-    def content_hash(self) -> str:
-        """sha256 of the weight and config files (hex)."""
-        return self.config.content_hash
+    architecture = _FromConfig(lambda config: config.architecture)
+    """Encoder nonlinearity, one of ARCHITECTURES."""
+    is_transcoder = _FromConfig(lambda config: config.transcoder)
+    """Whether it maps hook_in to a different hook_out."""
+    hook_in = _FromConfig(lambda config: config.hook_in)
+    """Where the input is read."""
+    hook_out = _FromConfig(lambda config: config.hook_out)
+    """Where the output belongs."""
+    content_hash = _FromConfig(lambda config: config.content_hash)
+    """sha256 of the weight and config files (hex)."""
 
     def _normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Apply the per-token preprocessing; return it with the (shift, scale) that undo it."""

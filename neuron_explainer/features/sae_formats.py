@@ -127,7 +127,9 @@ def detect_format(path: Path) -> tuple[str, Path]:
 
 def _field(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     """A config value at the top level or under SAELens 6's `metadata`, first key present wins."""
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta = cfg.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     for key in keys:
         for source in (cfg, meta):
             if source.get(key) is not None:
@@ -263,8 +265,11 @@ def _load_sparsify(folder: Path, req: CoderRequest) -> SparseCoder:
     require_tensors(raw, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], folder)
     transcode = bool(cfg.get("transcode", False))
     module = _sparsify_hookpoint(folder, req)
-    names = (f"{module}:input", f"{module}:output") if transcode else (f"{module}:output", None)
-    hook_in, hook_out, transcode = resolve_coder_hooks(req, *(names if module else (None, None)), transcode, folder)
+    name_in: str | None = None
+    name_out: str | None = None
+    if module is not None:  # else the `hook` argument names both
+        name_in, name_out = (f"{module}:input", f"{module}:output") if transcode else (f"{module}:output", None)
+    hook_in, hook_out, transcode = resolve_coder_hooks(req, name_in, name_out, transcode, folder)
     n_latents = int(cfg.get("num_latents") or int(cfg["d_in"]) * int(cfg.get("expansion_factor", 32)))
     if tuple(raw["encoder.weight"].shape) != (n_latents, int(cfg["d_in"])):
         raise ConfigError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def norm_gain(model: Any) -> tuple[torch.Tensor, bool]:
     left out: they rescale or shift every direction alike.
     """
     norm = final_norm(model)
-    weight = norm.weight.detach().float()
+    weight = cast(torch.Tensor, norm.weight).detach().float()
     if isinstance(norm, nn.LayerNorm):
         return weight, True
     if model.config.model_type in GAIN_PLUS_ONE:
@@ -181,6 +181,22 @@ def check_token_ids(model: Any, ids: Sequence[int]) -> list[int]:
     if bad:
         raise ConfigError(f"token id(s) {bad[:5]} outside the vocabulary 0..{vocab - 1}")
     return out
+
+
+def single_token_id(tokenizer: Any, token: int | str, what: str) -> int:
+    """A token id given as an id, or as text that must be exactly one token; not checked against the vocabulary.
+
+    Raises:
+        ConfigError: text without a tokenizer, or text that is not one token; `what` names the token in the message.
+    """
+    if not isinstance(token, str):
+        return int(token)
+    if tokenizer is None:
+        raise ConfigError(f"{what} {token!r} given as text needs a tokenizer")
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ConfigError(f"{what} {token!r} is {len(ids)} tokens, not one: pass its id")
+    return int(ids[0])
 
 
 def block_output(output: Any) -> torch.Tensor:

@@ -26,6 +26,7 @@ from neuron_explainer.inspect.family import (
     check_token_ids,
     encode,
     logits_from_residual,
+    single_token_id,
     token_texts,
     unembedding,
 )
@@ -145,18 +146,7 @@ def watch_ids_of(model: Any, tokenizer: Any, watch: Sequence[int | str]) -> list
     Raises:
         ConfigError: a string is not exactly one token, or an id is outside the vocabulary.
     """
-    ids = []
-    for item in watch:
-        if isinstance(item, str):
-            if tokenizer is None:
-                raise ConfigError(f"watched token {item!r} given as text needs a tokenizer")
-            encoded = tokenizer(item, add_special_tokens=False)["input_ids"]
-            if len(encoded) != 1:
-                raise ConfigError(f"watched token {item!r} is {len(encoded)} tokens, not one: pass its id")
-            ids.append(int(encoded[0]))
-        else:
-            ids.append(int(item))
-    return check_token_ids(model, ids)
+    return check_token_ids(model, [single_token_id(tokenizer, item, "watched token") for item in watch])
 
 
 def ranks_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -216,8 +206,8 @@ def logit_lens(
         model, residuals.reshape(n_layers_ * n, -1), k, ids.repeat(n_layers_, 1)
     )
     top = top_ids.reshape(n_layers_, n, -1).numpy()
-    ranks = ranks.reshape(n_layers_, n, -1).numpy()
-    probs = probs.reshape(n_layers_, n, -1).numpy()
+    rank_grid = ranks.reshape(n_layers_, n, -1).numpy()
+    prob_grid = probs.reshape(n_layers_, n, -1).numpy()
     return LogitLens(
         tokens=p.tokens,
         input_ids=p.input_ids[0].cpu().numpy(),
@@ -227,9 +217,9 @@ def logit_lens(
         top_probs=top_probs.reshape(n_layers_, n, -1).numpy(),
         watch_ids=np.array(watched, dtype=np.int64),
         watch_tokens=token_texts(tokenizer, watched),
-        watch_ranks=ranks[:, :, :-1],
-        watch_probs=probs[:, :, :-1],
-        next_ranks=ranks[:, :-1, -1],
+        watch_ranks=rank_grid[:, :, :-1],
+        watch_probs=prob_grid[:, :, :-1],
+        next_ranks=rank_grid[:, :-1, -1],
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -83,7 +83,7 @@ def output_weights(model: Any, layer: int) -> torch.Tensor:
     hook_point = check_model(model)
     layer = check_layer(model, layer)
     proj = get_module(blocks(model)[layer], hook_point.module_path)
-    weight = proj.weight.detach()
+    weight = cast(torch.Tensor, proj.weight).detach()
     # nn.Linear stores (out=d_model, in=n_neurons); GPT-2's Conv1D stores (in=n_neurons, out=d_model).
     return weight.T if isinstance(proj, nn.Linear) else weight
 

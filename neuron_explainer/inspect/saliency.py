@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from neuron_explainer.errors import ConfigError
-from neuron_explainer.inspect.family import check_position, check_token_ids, encode, token_texts
+from neuron_explainer.inspect.family import check_position, check_token_ids, encode, single_token_id, token_texts
 
 Method = Literal["grad_x_input", "integrated_gradients"]
 Output = Literal["prob", "logprob", "logit"]
@@ -116,15 +116,8 @@ def _check_options(method: str, output: str, n_steps: int) -> None:
 
 def _resolve_target(model: Any, tokenizer: Any, input_ids: torch.Tensor, pos: int, target: int | str | None) -> int:
     """The target token id: given as id or single-token text, else the next prompt token, else the model's top."""
-    if isinstance(target, str):
-        if tokenizer is None:
-            raise ConfigError(f"target {target!r} given as text needs a tokenizer")
-        ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ConfigError(f"target {target!r} is {len(ids)} tokens, not one: pass its id")
-        return check_token_ids(model, ids)[0]
     if target is not None:
-        return check_token_ids(model, [target])[0]
+        return check_token_ids(model, [single_token_id(tokenizer, target, "target")])[0]
     if pos + 1 < input_ids.shape[1]:
         return int(input_ids[0, pos + 1])
     with torch.no_grad():

@@ -68,3 +68,16 @@ def test_refusals() -> None:
              subtract_decoder_bias=True)  # fmt: skip
     with pytest.raises(ConfigError, match="input width 15 does not match the coder's d_in=16"):
         make("standard", arrays).encode(torch.zeros(2, 15))
+
+
+def test_config_attributes_read_the_config_and_are_read_only() -> None:
+    out = HookSpec("model.layers.0.mlp")
+    config = CoderConfig(architecture="jumprelu", hook_in=HOOK, hook_out=out, transcoder=True, content_hash="ab")
+    tensors = {name: torch.from_numpy(a) for name, a in coder_arrays("jumprelu", D, N, D).items()}
+    coder = SparseCoder(config, {**tensors, "W_skip": None})  # a None tensor counts as absent
+    got = (coder.architecture, coder.is_transcoder, coder.hook_in, coder.hook_out, coder.content_hash)
+    assert got == ("jumprelu", True, HOOK, out, "ab")
+    assert getattr(coder, "W_skip", None) is None and "W_skip" not in dict(coder.named_buffers())
+    with pytest.raises(AttributeError):
+        coder.hook_in = out
+    assert coder.hook_in == HOOK

@@ -193,6 +193,20 @@ def test_sparsify_autoencoder_and_skip_transcoder(tmp_path, tiny, family) -> Non
     np.testing.assert_allclose(tc.reconstruct(x)[0].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_sparsify_hook_argument_replaces_the_folder_hookpoint(tmp_path) -> None:
+    arrays = coder_arrays("topk", D, N, D, seed=3)
+    cfg = {"d_in": D, "k": 5, "num_latents": N}
+    sae = write_sparsify(tmp_path / "layers.0", cfg, arrays)
+    # No model_type needed: the folder name is not read when the hook is given.
+    coder = load_sparse_coder(sae, hook="model.layers.1")
+    assert coder.hook_in == coder.hook_out == HookSpec("model.layers.1", "output") and not coder.is_transcoder
+    assert coder.config.subtract_decoder_bias
+    tc = write_sparsify(tmp_path / "layers.0.mlp", {**cfg, "transcode": True}, arrays)
+    got = load_sparse_coder(tc, hook="model.layers.1.mlp:input->model.layers.1.mlp:output")
+    assert got.is_transcoder and not got.config.subtract_decoder_bias
+    assert (got.hook_in, got.hook_out) == (HookSpec("model.layers.1.mlp", "input"), HookSpec("model.layers.1.mlp"))
+
+
 def test_gemma_scope_npz(tmp_path, tiny) -> None:
     arrays = coder_arrays("jumprelu", D, N, D, seed=9)
     path = write_gemma_npz(tmp_path / "layer_0" / "params.npz", arrays)

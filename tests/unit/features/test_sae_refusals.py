@@ -112,6 +112,11 @@ CASES = {
         {"model_type": "llama"},
         "encoder.weight has shape (64, 32), config says (32, 32)",
     ),
+    "sparsify transcoder given one hook": (
+        lambda t: sparsify(t, name="layers.0.mlp", transcode=True),
+        {"hook": "model.layers.0.mlp"},
+        "is a transcoder: give both hooks",
+    ),
     "npz without hook": (
         lambda t: write_gemma_npz(t / "params.npz", coder_arrays("jumprelu", D, N, D)),
         {},

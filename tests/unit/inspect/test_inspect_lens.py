@@ -83,6 +83,8 @@ def test_bad_inputs_are_config_errors(tiny_lms) -> None:
         rankings(model, tokenizer, PROMPT, [3], position=99)
     with pytest.raises(ConfigError, match="not one"):
         logit_lens(model, tokenizer, PROMPT, watch=["cat dog"])
+    with pytest.raises(ConfigError, match="watched token 'cat' given as text needs a tokenizer"):
+        logit_lens(model, None, [1, 2, 3], watch=[4, "cat"])
     with pytest.raises(ConfigError, match="vocabulary"):
         logit_lens(model, tokenizer, [1, 2, 10_000])
     with pytest.raises(ConfigError, match="at least one"):

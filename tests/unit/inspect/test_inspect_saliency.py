@@ -77,5 +77,7 @@ def test_bad_options(tiny_lms) -> None:
         input_saliency(model, tokenizer, PROMPT, method="lime")
     with pytest.raises(ConfigError, match="not one"):
         input_saliency(model, tokenizer, PROMPT, target="cat dog")
+    with pytest.raises(ConfigError, match="target 'cat' given as text needs a tokenizer"):
+        input_saliency(model, None, [1, 2, 3], target="cat")
     with pytest.raises(ConfigError, match="vocabulary"):
         input_saliency(model, tokenizer, PROMPT, target=10_000)
