@@ -164,7 +164,7 @@ class ViewSource:
                     self._tables[name] = _read_parquet(path, name).to_pandas() if found else _empty(name)
                 else:
                     self._tables[name] = stage_tables.read_table(RunStore(self.root), name)
-            return self._tables[name]  # type: ignore[return-value]
+            return self._tables[name]
         cols = list(columns) if columns is not None else None
         files = self._files(name)
         if not files:
