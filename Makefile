@@ -1,5 +1,5 @@
 # Two entry points, both self-contained on a fresh machine (they create .venv and install into it):
-#   make demo   the main job on the offline default (real model, real corpus)
+#   make demo   the main job on the offline default (real model, real corpus), then its viewer
 #   make test   lint, formatting, types, then the test suite
 PY ?= python3
 VENV := .venv
@@ -29,6 +29,7 @@ $(VENV)/.llama-server: $(BIN)/neuron-explainer
 
 demo: install
 	$(BIN)/neuron-explainer run --config configs/demo.yaml
+	$(BIN)/neuron-explainer view --run runs/demo --out runs/demo-site
 
 # lint, formatting and types: the habits CI holds every commit to
 check: install

@@ -1,10 +1,11 @@
 """The pipeline: the stage order, and nothing else. `neuron-explainer run` calls `run_pipeline`.
 
-    harvest -> explain -> simulate -> (revise) -> (baselines) -> score -> (ablate)
+    harvest -> explain -> simulate -> (revise) -> (baselines) -> (output_tokens) -> score -> (ablate)
 
-The LLM stages run only when neurons are selected (`neurons:`); revise, baselines and ablate only when
-enabled in their sections. Every stage resumes per unit, so rerunning after a crash continues. A stage
-with more failures than `failure_budget` stops the run (FailureBudgetExceeded); its failures are stored.
+The stages after the harvest run only when neurons are selected (`neurons:`); revise, baselines,
+output_tokens and ablate only when enabled in their sections. Every stage resumes per unit, so rerunning
+after a crash continues. A stage with more failures than `failure_budget` stops the run
+(FailureBudgetExceeded); its failures are stored.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from neuron_explainer.stages.runtime import ProgressFn
 
 def stages_to_run(config: RunConfig) -> list[str]:
     """The stages `config` enables, in pipeline order."""
-    optional = {"revise": config.revise.enabled, "baselines": config.baselines.enabled, "ablate": config.ablate.enabled}
+    optional = {
+        "revise": config.revise.enabled,
+        "baselines": config.baselines.enabled,
+        "output_tokens": config.output_tokens.enabled,
+        "ablate": config.ablate.enabled,
+    }
     names = ["harvest"]
     if config.neurons:
         names += [name for name in STAGES if name != "harvest" and optional.get(name, True)]

@@ -108,7 +108,10 @@ def score_cmd(run_dir: common.RunOpt = None, config: common.ConfigOpt = None, ov
 
 
 def plain_stage_command(name: str, help_text: str, after: Callable[[RunConfig], None] | None = None) -> None:
-    """Register a stage command whose only options are the run, the neurons, a config and --set."""
+    """Register a stage command whose only options are the run, the neurons, a config and --set.
+
+    The command is the stage's name with dashes (`output_tokens` -> `output-tokens`).
+    """
 
     def command(
         run_dir: common.RunOpt = None,
@@ -118,7 +121,7 @@ def plain_stage_command(name: str, help_text: str, after: Callable[[RunConfig], 
     ) -> None:
         stage_command(name, run_dir, neurons, config, overrides, after=after)
 
-    app.command(name, help=help_text)(command)
+    app.command(name.replace("_", "-"), help=help_text)(command)
 
 
 plain_stage_command(
@@ -128,6 +131,9 @@ plain_stage_command(
 )
 plain_stage_command(
     "baselines", "Weight and lookup-table baselines, stored as explanations with their simulations (resumable)."
+)
+plain_stage_command(
+    "output_tokens", "The tokens each neuron's output weights promote and suppress, from weights alone (resumable)."
 )
 
 

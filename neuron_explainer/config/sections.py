@@ -190,6 +190,15 @@ class BaselinesConfig(FrozenConfig):
     """Held-out excerpts per forward. Non-semantic."""
 
 
+class OutputTokensConfig(FrozenConfig):
+    """The tokens each selected neuron's output weights promote and suppress (from weights, no corpus)."""
+
+    enabled: bool = False
+    """Whether `run` computes them for the selected neurons (the viewer shows them)."""
+    k: int = Field(default=10, ge=1, le=100)
+    """Tokens kept on each side."""
+
+
 class ModelShape(FrozenConfig):
     """Layers and MLP neurons per layer, for planning a model whose config is not available offline."""
 
@@ -265,6 +274,7 @@ class RunConfig(FrozenConfig):
     ablate: AblateConfig = AblateConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     revise: ReviseConfig = ReviseConfig()
+    output_tokens: OutputTokensConfig = OutputTokensConfig()
     llm: LLMConfig = LLMConfig()
     subject_device: str = "cpu"
     """Device of the subject model when a stage after the harvest needs it (ablate, baselines, revise)."""

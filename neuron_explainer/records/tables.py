@@ -34,6 +34,7 @@ STAGE_TABLES = (
     "ablation_scores",
     "revision_sentences",
     "revision_scores",
+    "output_tokens",
     "failures",
 )
 """The tables stages write as part files (columns and meanings: records/tables.yaml)."""

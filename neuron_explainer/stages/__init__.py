@@ -18,6 +18,7 @@ STAGES: dict[str, str] = {
     "simulate": "simulate",
     "revise": "revise",
     "baselines": "baselines",
+    "output_tokens": "output_tokens",
     "score": "score",
     "ablate": "ablate",
 }

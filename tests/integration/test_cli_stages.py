@@ -150,3 +150,23 @@ def test_nan_records_are_refused_with_the_neuron_named(harvested: Path, tmp_path
     pq.write_table(table, path)
     result = runner.invoke(app, ["explain", "--run", str(run), "--neurons", "0:4", "--explainer", "fake"])
     assert result.exit_code == 2 and "layer 0 neuron 4" in flat(result) and "non-finite" in flat(result), result.output
+
+
+def test_output_tokens_stage_and_the_viewer_command(harvested: Path, tmp_path: Path) -> None:
+    run = str(harvested)
+    result = runner.invoke(app, ["output-tokens", "--run", run, "--neurons", "1:2-3"])
+    assert result.exit_code == 0 and "output_tokens: 2 done" in flat(result), result.output
+    again = runner.invoke(app, ["output-tokens", "--run", run, "--neurons", "1:2-3"])
+    assert "0 done, 2 already done" in flat(again), again.output
+    tokens = read_table(RunStore(harvested), "output_tokens")
+    assert set(zip(tokens.layer, tokens.neuron, strict=True)) == {(1, 2), (1, 3)}
+    assert set(tokens.sign) == {1, -1} and tokens.groupby(["neuron", "sign"]).size().eq(10).all()
+    site = tmp_path / "site"
+    viewed = runner.invoke(app, ["view", "--run", run, "--out", str(site), "--pages", "1:2-3"])
+    assert viewed.exit_code == 0 and "open" in viewed.output, viewed.output
+    page = site / "neurons" / "1" / "2.html"
+    assert (site / "index.html").exists() and page.exists()
+    promoted = tokens[(tokens.neuron == 2) & (tokens.sign == 1)].sort_values("rank").token.iloc[0]
+    assert json.dumps(promoted)[1:-1].replace("/", "\\/") in page.read_text()  # the page shows the top token
+    bad = runner.invoke(app, ["view", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")])
+    assert bad.exit_code == 2 and len([x for x in bad.output.splitlines() if x.strip()]) == 1
