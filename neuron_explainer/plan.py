@@ -9,9 +9,11 @@ measured pilot. Prices come from `prices`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from neuron_explainer.config import RunConfig
+from neuron_explainer.config import HarvestConfig, RunConfig
+from neuron_explainer.datatypes import N_BUCKETS
 from neuron_explainer.errors import ConfigError, ModelError
 
 CHARS_PER_TOKEN = 4
@@ -47,6 +49,45 @@ class RunPlan:
     harvest_bytes: int
     stages: list[StagePlan] = field(default_factory=list)
     stage_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class HarvestPlan:
+    """What a harvest is about to do; shown before it starts."""
+
+    layers: list[int]
+    n_neurons: int
+    n_excerpts: int
+    excerpt_len: int
+    estimated_bytes: int
+    resumed_from: int
+    """Excerpt id the harvest resumes at (0 for a fresh start)."""
+
+    def describe(self, source: str, out: Path) -> str:
+        """The lines printed before a harvest starts."""
+        return (
+            f"harvesting {len(self.layers)} layer(s) x {self.n_neurons} neurons over {self.n_excerpts} excerpts of "
+            f"{self.excerpt_len} tokens from {source}\nestimated disk use: {fmt_bytes(self.estimated_bytes)} in {out}"
+            + (f"\nresuming at excerpt {self.resumed_from}" if self.resumed_from else "")
+        )
+
+
+def fmt_bytes(n: float) -> str:
+    """A byte count with a unit: 267.1 MB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def estimate_disk_bytes(cfg: HarvestConfig, n_layers: int, n_neurons: int) -> int:
+    """Rough on-disk size of the harvest output (compressed records + stats + excerpts)."""
+    per_value = 2 if cfg.record_dtype == "float16" else 4
+    records = cfg.top_k + cfg.random_k + N_BUCKETS * cfg.quantile_k
+    per_neuron = records * (cfg.excerpt_len * per_value * 0.8 + 12) + 130
+    excerpts = cfg.n_excerpts * cfg.excerpt_len * 9
+    return int(n_layers * n_neurons * per_neuron + excerpts)
 
 
 def model_shape(cfg: RunConfig) -> tuple[int, int, str]:
@@ -175,7 +216,6 @@ def _llm_stages(cfg: RunConfig, selected: int, explain_prompt: int, sim_prompt: 
 def make_plan(cfg: RunConfig, n_layers: int, n_neurons: int, shape_source: str) -> RunPlan:
     """The plan for `cfg` on a model of n_layers x n_neurons."""
     from neuron_explainer.selection import resolve_neurons
-    from neuron_explainer.stages.harvest import estimate_disk_bytes
 
     h = cfg.harvest
     layers = sorted(h.layers) if h.layers is not None else list(range(n_layers))

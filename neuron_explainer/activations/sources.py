@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,12 @@ def get_module(module: nn.Module, dotted: str) -> nn.Module:
 
 
 class ActivationSource:
-    """Captures post-nonlinearity MLP activations of chosen layers from a transformers causal LM."""
+    """Captures post-nonlinearity MLP activations of chosen layers from a transformers causal LM.
+
+    The `mlp` feature source (features/source.py): feature n of layer l is MLP neuron n of block l.
+    """
+
+    kind = "mlp"
 
     def __init__(self, model: nn.Module, hook_point: HookPoint) -> None:
         self.model = model
@@ -45,6 +51,38 @@ class ActivationSource:
         """The output projection module of one block (its input is the neuron activation)."""
         block: nn.Module = self.blocks[layer]
         return get_module(block, self.hook_point.module_path)
+
+    def default_layers(self) -> list[int]:
+        """Every block."""
+        return list(range(self.n_layers))
+
+    def provenance(self) -> dict[str, Any]:
+        """The feature kind and where it is read."""
+        return {"kind": self.kind, "hook": self.hook_point.describe()}
+
+    @contextmanager
+    def replaced(self, layer: int, features: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+        """Within the block, batch row r of `layer`'s activations has neuron `features[r]` set to `values[r]`.
+
+        `values` is (R, T') for the last T' positions (earlier positions, such as a prepended BOS token, keep
+        their activations). The pre-hook is removed on exit, even after an exception.
+        """
+
+        def pre_hook(_module: nn.Module, args: tuple) -> tuple:
+            acts = args[0].clone()
+            n_rows, length = acts.shape[0], acts.shape[1]
+            if values.shape[0] != n_rows or values.shape[1] > length:
+                raise ValueError(f"replacement values {tuple(values.shape)} do not fit activations {tuple(acts.shape)}")
+            rows = torch.arange(n_rows, device=acts.device)[:, None]
+            positions = torch.arange(length - values.shape[1], length, device=acts.device)[None, :]
+            acts[rows, positions, features.to(acts.device)[:, None]] = values.to(acts.device, acts.dtype)
+            return (acts, *args[1:])
+
+        handle = self.mlp_out(layer).register_forward_pre_hook(pre_hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Raise ConfigError if any layer is out of range."""
@@ -87,3 +125,11 @@ class ActivationSource:
         if missing:
             raise RuntimeError(f"hooks for layers {missing} did not fire: hook point table is wrong for this model")
         return sink
+
+
+def mlp_source(argument: str | None, model: nn.Module, hook_point: HookPoint, **options: Any) -> ActivationSource:
+    """The `mlp` feature source (no argument; no options)."""
+    del argument
+    if options:
+        raise ConfigError(f"the mlp feature source takes no options, got {sorted(options)}")
+    return ActivationSource(model, hook_point)

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from neuron_explainer.activations.models import load_subject_model
-from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.activations.text import decode_tokens
+from neuron_explainer.config.sections import HarvestConfig
 from neuron_explainer.datatypes import ActivationRecord
+from neuron_explainer.errors import RunDirError
+from neuron_explainer.features.source import FeatureSource, make_source, source_options
 
 
 def wants_bos(tokenizer: Any, setting: bool | None) -> bool:
@@ -41,7 +43,8 @@ class HarvestedSubject:
 
     model: Any
     tokenizer: Any
-    source: ActivationSource
+    source: FeatureSource
+    """The harvest's feature source (MLP neurons, directions or SAE latents)."""
     prefix: list[int]
     """Token ids prepended to every excerpt (the BOS policy of the harvest)."""
     excerpt_len: int
@@ -55,14 +58,21 @@ class HarvestedSubject:
             ModelError: the model cannot be loaded.
         """
         harvest = manifest["harvest"]
-        cfg = harvest["config"]
-        subject = load_subject_model(
-            cfg["model"], revision=cfg.get("model_revision"), dtype=cfg.get("dtype", "float32"), device=device
-        )
+        if "model" not in harvest["config"]:
+            raise RunDirError("this run has no subject model to run (its records were imported): the stage needs one")
+        cfg = HarvestConfig.model_validate(harvest["config"])
+        subject = load_subject_model(cfg.model, revision=cfg.model_revision, dtype=cfg.dtype, device=device)
+        source = make_source(cfg.features, subject.model, subject.hook_point, **source_options(cfg))
+        stored = harvest.get("features", {}).get("content_sha256")
+        if stored is not None and source.provenance().get("content_sha256") != stored:
+            raise RunDirError(
+                f"the feature file of {cfg.features!r} changed since the harvest: its content hash differs from "
+                "the manifest's"
+            )
         return cls(
             subject.model,
             subject.tokenizer,
-            ActivationSource(subject.model, subject.hook_point),
+            source,
             bos_prefix(subject.tokenizer, bool(harvest.get("prepend_bos"))),
             int(harvest["excerpt_len"]),
         )

@@ -76,6 +76,15 @@ class HarvestConfig(FrozenConfig):
     """Save resumable state at most this often (0: after every batch). Non-semantic."""
     excerpt_range: tuple[int, int] | None = None
     """Harvest only excerpts [start, stop) of the run's excerpt stream: a corpus shard to merge later."""
+    features: str = "mlp"
+    """What to harvest: `mlp` (MLP neurons), `sae:PATH` (latents of a sparse autoencoder or transcoder:
+    SAELens, sparsify or Gemma Scope files, docs/features.md) or `directions:FILE` (directions over one
+    layer's MLP activations)."""
+    hook: str | None = None
+    """For `sae:`, where the coder reads (and writes): `MODULE[:input|output]`, a TransformerLens hook name,
+    or `IN->OUT` for a transcoder; overrides the file's own hook."""
+    whiten: bool = True
+    """For `directions:`, whether the directions are over whitened activations (a^T Sigma^-1/2 theta)."""
 
     @field_validator("layers")
     @classmethod
@@ -300,9 +309,17 @@ MOVED_KEYS = {
 """Top-level keys of earlier versions -> where they live now (a config using them gets a message saying so)."""
 
 
+FEATURE_DEFAULTS = {"features": "mlp", "hook": None, "whiten": True}
+"""Settings added with feature sources; at their defaults they are left out of the hash, so runs made
+before them keep theirs."""
+
+
 def harvest_semantic_hash(cfg: HarvestConfig) -> str:
     """Hash of every harvest setting that can change the output (excludes device, batch size, ...)."""
     data = cfg.model_dump(mode="json", exclude=set(NON_SEMANTIC_HARVEST_FIELDS))
+    for key, default in FEATURE_DEFAULTS.items():
+        if data.get(key) == default:
+            del data[key]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

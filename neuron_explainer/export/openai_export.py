@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from neuron_explainer.datatypes import ActivationRecord, NeuronRecord
+from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
@@ -134,6 +135,9 @@ def export_openai(
     """
     store = RunStore(run_dir)
     manifest = store.require_harvest()
+    kind = manifest["harvest"].get("features", {}).get("kind", "mlp")
+    if kind != "mlp":
+        raise RunDirError(f"OpenAI's layout holds MLP neurons; this run's features are {kind}: use --format parquet")
     selected = neurons_for_run(neurons or "all", manifest)
     out = Path(out_dir)
     valid = read_table(store, "simulations")

@@ -244,6 +244,19 @@ class SparseCoder(nn.Module):
         """(n_latents, d_out): each latent's output vector (its direction at hook_out, unnormalised)."""
         return self.W_dec
 
+    def output_vectors(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """What one unit of each latent adds at hook_out, in the model's units, given the input x (..., d_in).
+
+        `latents` (...) indexes one latent per position; the result is (..., d_out). An SAE that
+        normalises its input scales its decoder rows back by the same per-token factor (as
+        `reconstruct` does); a transcoder's output is already in the model's units.
+        """
+        rows = self.W_dec[latents.to(self.W_dec.device)]
+        if self.is_transcoder:
+            return rows
+        scale = self._normalise(x.to(device=self.W_enc.device, dtype=torch.float32))[2]
+        return rows * scale
+
     def latent_activations(self, model: nn.Module, input_ids: torch.Tensor, **forward_kwargs: Any) -> torch.Tensor:
         """Run `model` on input_ids (B, T) up to hook_in and return the latents (B, T, n_latents)."""
         captured = capture_activations(model, [self.hook_in], input_ids, **forward_kwargs)

@@ -7,8 +7,9 @@ distributions, averaged over x's tokens. The score of a simulation s is
     1 - E_x[AvgJSD(s(x))] / E_x[AvgJSD(mean)]
 
 where `mean` replaces n by its mean activation over the corpus: 1 is a perfect simulation, 0 no better
-than the mean (docs/method.md, "Score"). The replacement happens at the hook point harvest reads (the input of
-the MLP's output projection), so the replaced quantity is exactly the harvested activation.
+than the mean (docs/method.md, "Score"). The replacement is the feature source's own edit at the hook the
+harvest reads (for MLP neurons, the input of the MLP's output projection), so the replaced quantity is
+exactly the harvested value.
 
 Cost: one clean forward per excerpt batch, shared by every neuron of every layer scored on it, then one
 forward row per (neuron, excerpt, replacement): 2 per neuron and excerpt (simulation and mean). Rows of
@@ -17,14 +18,14 @@ different neurons of one layer share a batch. The hook is removed whatever happe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from neuron_explainer.activations.sources import ActivationSource
+from neuron_explainer.features.source import FeatureSource
 
 
 def jsd(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -35,31 +36,11 @@ def jsd(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
 
 
-@contextmanager
 def replaced_neurons(
-    source: ActivationSource, layer: int, neurons: torch.Tensor, values: torch.Tensor
-) -> Iterator[None]:
-    """Within the block, batch row r of `layer`'s activations has neuron `neurons[r]` set to `values[r]`.
-
-    `neurons` is (R,) long, `values` is (R, T) for the last T positions (earlier positions, such as a
-    prepended BOS token, keep their activations). The pre-hook is removed on exit, even after an exception.
-    """
-
-    def pre_hook(_module: nn.Module, args: tuple) -> tuple:
-        acts = args[0].clone()
-        n_rows, length = acts.shape[0], acts.shape[1]
-        if values.shape[0] != n_rows or values.shape[1] > length:
-            raise ValueError(f"replacement values {tuple(values.shape)} do not fit activations {tuple(acts.shape)}")
-        rows = torch.arange(n_rows, device=acts.device)[:, None]
-        positions = torch.arange(length - values.shape[1], length, device=acts.device)[None, :]
-        acts[rows, positions, neurons.to(acts.device)[:, None]] = values.to(acts.device, acts.dtype)
-        return (acts, *args[1:])
-
-    handle = source.mlp_out(layer).register_forward_pre_hook(pre_hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    source: FeatureSource, layer: int, neurons: torch.Tensor, values: torch.Tensor
+) -> AbstractContextManager[None]:
+    """Within the block, batch row r has feature `neurons[r]` of `layer` set to `values[r]` (the source's edit)."""
+    return source.replaced(layer, neurons, values)
 
 
 def row_jsd(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -83,7 +64,7 @@ class AblationCounts:
 class Ablator:
     """Runs clean and neuron-replaced forwards of one subject model and returns per-token JSDs."""
 
-    def __init__(self, model: nn.Module, source: ActivationSource, *, batch_rows: int = 16) -> None:
+    def __init__(self, model: nn.Module, source: FeatureSource, *, batch_rows: int = 16) -> None:
         self.model = model
         self.source = source
         self.batch_rows = batch_rows

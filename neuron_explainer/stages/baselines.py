@@ -147,6 +147,11 @@ async def run(store: RunStore, cfg: BaselinesConfig, deps: Deps) -> StageReport:
     if not todo:
         return report
     subject = deps.subject(store)
+    if "weights" in cfg.kinds and subject.source.kind != "mlp":
+        raise ConfigError(
+            f"the weights baseline reads MLP weights; these features are {subject.source.kind}: "
+            "set baselines.kinds: [lookup]"
+        )
     harvest = HarvestConfig.model_validate(store.require_harvest()["harvest"]["config"])
     lookup_neurons = {layer: k["lookup"] for layer, k in todo.items() if "lookup" in k}
     lookups = {}

@@ -14,24 +14,25 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from neuron_explainer.activations.corpus import Excerpt, iter_excerpts, open_corpus
 from neuron_explainer.activations.harvest import Harvester, HarvestShape
 from neuron_explainer.activations.models import SubjectModel, load_subject_model
-from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.activations.subject import wants_bos
 from neuron_explainer.activations.text import decode_tokens
 from neuron_explainer.config.sections import HarvestConfig, harvest_config_diff, harvest_semantic_hash
 from neuron_explainer.datatypes import N_BUCKETS, QUANTILES
 from neuron_explainer.errors import CorpusError, RunDirError
+from neuron_explainer.features.source import make_source, source_options
+from neuron_explainer.plan import HarvestPlan, estimate_disk_bytes
 from neuron_explainer.records.schema import EXCERPTS, RECORDS_WRITE_OPTIONS, SCHEMA_VERSION
 from neuron_explainer.records.store import RunStore, write_table_atomic
 from neuron_explainer.stages.runtime import Deps, StageReport
@@ -42,43 +43,16 @@ ExcerptProgress = Callable[[int, int], None]
 """Called with (excerpts processed so far, tokens processed so far) after every batch."""
 
 
-@dataclass(frozen=True)
-class HarvestPlan:
-    """What a harvest is about to do; shown before it starts."""
+def without_dead_features(records: pa.Table, stats: pa.Table) -> tuple[pa.Table, int]:
+    """The records of features that fired somewhere (max activation > 0), and how many never did.
 
-    layers: list[int]
-    n_neurons: int
-    n_excerpts: int
-    excerpt_len: int
-    estimated_bytes: int
-    resumed_from: int
-    """Excerpt id the harvest resumes at (0 for a fresh start)."""
-
-    def describe(self, source: str, out: Path) -> str:
-        """The lines printed before a harvest starts."""
-        return (
-            f"harvesting {len(self.layers)} layer(s) x {self.n_neurons} neurons over {self.n_excerpts} excerpts of "
-            f"{self.excerpt_len} tokens from {source}\nestimated disk use: {fmt_bytes(self.estimated_bytes)} in {out}"
-            + (f"\nresuming at excerpt {self.resumed_from}" if self.resumed_from else "")
-        )
-
-
-def fmt_bytes(n: float) -> str:
-    """A byte count with a unit: 267.1 MB."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def estimate_disk_bytes(cfg: HarvestConfig, n_layers: int, n_neurons: int) -> int:
-    """Rough on-disk size of the harvest output (compressed records + stats + excerpts)."""
-    per_value = 2 if cfg.record_dtype == "float16" else 4
-    records = cfg.top_k + cfg.random_k + N_BUCKETS * cfg.quantile_k
-    per_neuron = records * (cfg.excerpt_len * per_value * 0.8 + 12) + 130
-    excerpts = cfg.n_excerpts * cfg.excerpt_len * 9
-    return int(n_layers * n_neurons * per_neuron + excerpts)
+    Sparse features (SAE latents) are often dead: their records would be all zeros. Their statistics
+    rows stay, so a reader can tell a dead feature from a missing one.
+    """
+    live = pc.greater(stats["max_activation"], 0.0)
+    alive = pc.filter(stats["neuron"], live)
+    kept = records.filter(pc.is_in(records["neuron"], value_set=alive))
+    return kept, stats.num_rows - len(alive)
 
 
 def git_sha() -> str | None:
@@ -121,8 +95,8 @@ class HarvestRun:
         self.subject = subject or load_subject_model(
             cfg.model, revision=cfg.model_revision, dtype=cfg.dtype, device=cfg.device
         )
-        self.source = ActivationSource(self.subject.model, self.subject.hook_point)
-        self.layers = sorted(cfg.layers) if cfg.layers is not None else list(range(self.source.n_layers))
+        self.source = make_source(cfg.features, self.subject.model, self.subject.hook_point, **source_options(cfg))
+        self.layers = sorted(cfg.layers) if cfg.layers is not None else self.source.default_layers()
         self.source.check_layers(self.layers)
         self.tokenizer = self.subject.tokenizer
         self.bos = wants_bos(self.tokenizer, cfg.prepend_bos)
@@ -205,6 +179,7 @@ class HarvestRun:
                 "layers": self.layers,
                 "n_layers_model": self.source.n_layers,
                 "n_neurons": self.source.n_neurons,
+                "features": self.source.provenance(),
                 "prepend_bos": self.bos,
                 "dtype": self.cfg.dtype,
                 "record_dtype": self.cfg.record_dtype,
@@ -246,19 +221,24 @@ class HarvestRun:
             logger.warning("the corpus ran out: harvested %d excerpts of the %d requested", n_main, stop - start)
         if not loop.harvester.pilot_done:
             loop.harvester.finish_pilot()
+        dead: dict[int, int] = {}
         for layer, state in loop.harvester.states.items():
+            records, stats = state.records_table(layer, cfg.record_dtype), state.stats_table(layer)
+            if self.source.kind != "mlp" and cfg.excerpt_range is None:
+                records, dead[layer] = without_dead_features(records, stats)
             write_table_atomic(
-                state.records_table(layer, cfg.record_dtype),
+                records,
                 self.store.records_path(layer),
                 row_group_size=max(1, 64 * (cfg.top_k + cfg.random_k + N_BUCKETS * cfg.quantile_k)),
                 **RECORDS_WRITE_OPTIONS,
             )
-            write_table_atomic(state.stats_table(layer), self.store.stats_path(layer))
+            write_table_atomic(stats, self.store.stats_path(layer))
         result = {
             "n_excerpts": n_main,
             "n_tokens": n_main * cfg.excerpt_len,
             "excerpt_range": [start, start + n_main],
             "documents_read": self._docs.count,
+            **({"dead_features": {str(k): v for k, v in dead.items()}} if dead else {}),
         }
         manifest = self._manifest("complete", result)
         self.store.write_manifest(manifest)

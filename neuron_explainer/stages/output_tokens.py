@@ -40,6 +40,8 @@ async def run(store: RunStore, cfg: OutputTokensConfig, deps: Deps) -> StageRepo
     if not todo:
         return report
     subject = deps.subject(store)
+    if subject.source.kind != "mlp":
+        raise ConfigError(f"output tokens are computed for MLP neurons; these features are {subject.source.kind}")
     for i, (layer, layer_neurons) in enumerate(sorted(todo.items()), 1):
         found = neuron_output_tokens(subject.model, subject.tokenizer, layer, layer_neurons, k=cfg.k)
         write_part(store, "output_tokens", found.to_frame().to_dict("records"))

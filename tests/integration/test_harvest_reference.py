@@ -77,6 +77,64 @@ def manual_mlp_activations(family: str, model, input_ids: torch.Tensor) -> dict[
     return out
 
 
+def assert_layer_matches(
+    records: pd.DataFrame, stats: pd.DataFrame, layer: int, acts: np.ndarray, cfg, skip=()
+) -> None:
+    """The harvested records and statistics of one layer equal a brute-force sort of all activations (n, T, N).
+
+    Neurons in `skip` must have no records (dead features); their statistics are still checked.
+    """
+    n = acts.shape[0]
+    pilot = cfg.pilot_excerpts
+    keys_r = excerpt_keys(cfg.seed, 0, torch.arange(n)).numpy()
+    keys_q = excerpt_keys(cfg.seed, 1, torch.arange(n)).numpy()
+    maxima = acts.max(1)  # (n, N)
+    rec_l = records[records.layer == layer]
+    st_l = stats[stats.layer == layer].set_index("neuron")
+    for neuron in range(acts.shape[2]):
+        r = rec_l[rec_l.neuron == neuron]
+        a = acts[:, :, neuron]
+        assert_statistics(st_l.loc[neuron], a)
+        if neuron in skip:
+            assert r.empty, f"dead feature {neuron} kept records"
+            continue
+        # top-k by (max desc, id asc)
+        want_top = sorted(range(n), key=lambda i: (-maxima[i, neuron], i))[: cfg.top_k]
+        top = r[r.kind == "top"].sort_values("rank")
+        assert top.excerpt_id.tolist() == want_top, (layer, neuron)
+        np.testing.assert_allclose(np.stack(top.activations.to_numpy()), a[want_top], rtol=1e-5, atol=1e-5)
+        # random: the K smallest keys
+        want_rand = sorted(range(n), key=lambda i: (keys_r[i], i))[: cfg.random_k]
+        rand = r[r.kind == "random"].sort_values("rank")
+        assert rand.excerpt_id.tolist() == want_rand
+        np.testing.assert_allclose(np.stack(rand.activations.to_numpy()), a[want_rand], rtol=1e-5, atol=1e-5)
+        # quantile boundaries from the pilot's maxima; buckets sampled from later excerpts
+        bounds = np.quantile(maxima[:pilot, neuron].astype(np.float64), QUANTILES)
+        np.testing.assert_allclose(st_l.loc[neuron, "quantile_boundaries"], bounds, rtol=1e-6, atol=1e-7)
+        bucket = (maxima[:, neuron, None].astype(np.float64) >= bounds[None]).sum(1)
+        q = r[r.kind == "quantile"]
+        for b in range(len(QUANTILES) + 1):
+            want = sorted((i for i in range(pilot, n) if bucket[i] == b), key=lambda i: (keys_q[i], i))[
+                : cfg.quantile_k
+            ]
+            got = q[q.bucket == b].sort_values("rank")
+            assert got.excerpt_id.tolist() == want, (layer, neuron, b)
+            if want:
+                np.testing.assert_allclose(np.stack(got.activations.to_numpy()), a[want], rtol=1e-5, atol=1e-5)
+
+
+def assert_statistics(st, a: np.ndarray) -> None:
+    """One neuron's statistics row equals the statistics of all its activations."""
+    flat = a.reshape(-1).astype(np.float64)
+    assert st["count"] == flat.size
+    np.testing.assert_allclose(st["mean"], flat.mean(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(st["variance"], flat.var(), rtol=1e-4, atol=1e-12)
+    if flat.var() > 0:
+        np.testing.assert_allclose(st["skewness"], scipy.stats.skew(flat), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(st["kurtosis"], scipy.stats.kurtosis(flat), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(st["max_activation"], flat.max(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
 def test_harvest_matches_brute_force(
     family: str, tiny_model_dirs: dict[str, Path], corpus_file: Path, tmp_path: Path
@@ -107,49 +165,11 @@ def test_harvest_matches_brute_force(
 
     records = ds.dataset(run_dir / "records").to_table().to_pandas()
     stats = ds.dataset(run_dir / "neuron_stats").to_table().to_pandas()
-    pilot = cfg.pilot_excerpts
-    keys_r = excerpt_keys(cfg.seed, 0, torch.arange(n)).numpy()
-    keys_q = excerpt_keys(cfg.seed, 1, torch.arange(n)).numpy()
     for layer, acts in all_acts.items():
         if h["prepend_bos"]:
             acts = acts[:, 1:]
-        n_neurons = acts.shape[2]
-        assert n_neurons == h["n_neurons"]
-        maxima = acts.max(1)  # (n, N)
-        rec_l = records[records.layer == layer]
-        st_l = stats[stats.layer == layer].set_index("neuron")
-        for neuron in range(n_neurons):
-            r = rec_l[rec_l.neuron == neuron]
-            a = acts[:, :, neuron]
-            # top-k by (max desc, id asc)
-            want_top = sorted(range(n), key=lambda i: (-maxima[i, neuron], i))[:K_TOP]
-            top = r[r.kind == "top"].sort_values("rank")
-            assert top.excerpt_id.tolist() == want_top
-            np.testing.assert_allclose(np.stack(top.activations.to_numpy()), a[want_top], rtol=1e-5, atol=1e-5)
-            # random: the K smallest keys
-            want_rand = sorted(range(n), key=lambda i: (keys_r[i], i))[:K_RANDOM]
-            rand = r[r.kind == "random"].sort_values("rank")
-            assert rand.excerpt_id.tolist() == want_rand
-            np.testing.assert_allclose(np.stack(rand.activations.to_numpy()), a[want_rand], rtol=1e-5, atol=1e-5)
-            # quantile boundaries from the pilot's maxima; buckets sampled from later excerpts
-            bounds = np.quantile(maxima[:pilot, neuron].astype(np.float64), QUANTILES)
-            np.testing.assert_allclose(st_l.loc[neuron, "quantile_boundaries"], bounds, rtol=1e-6, atol=1e-7)
-            bucket = (maxima[:, neuron, None].astype(np.float64) >= bounds[None]).sum(1)
-            q = r[r.kind == "quantile"]
-            for b in range(len(QUANTILES) + 1):
-                want = sorted((i for i in range(pilot, n) if bucket[i] == b), key=lambda i: (keys_q[i], i))[:K_Q]
-                got = q[q.bucket == b].sort_values("rank")
-                assert got.excerpt_id.tolist() == want, (layer, neuron, b)
-                if want:
-                    np.testing.assert_allclose(np.stack(got.activations.to_numpy()), a[want], rtol=1e-5, atol=1e-5)
-            # statistics over every token
-            flat = a.reshape(-1).astype(np.float64)
-            assert st_l.loc[neuron, "count"] == flat.size
-            np.testing.assert_allclose(st_l.loc[neuron, "mean"], flat.mean(), rtol=1e-5, atol=1e-7)
-            np.testing.assert_allclose(st_l.loc[neuron, "variance"], flat.var(), rtol=1e-4)
-            np.testing.assert_allclose(st_l.loc[neuron, "skewness"], scipy.stats.skew(flat), rtol=1e-3, atol=1e-4)
-            np.testing.assert_allclose(st_l.loc[neuron, "kurtosis"], scipy.stats.kurtosis(flat), rtol=1e-3, atol=1e-3)
-            np.testing.assert_allclose(st_l.loc[neuron, "max_activation"], flat.max(), rtol=1e-5)
+        assert acts.shape[2] == h["n_neurons"]
+        assert_layer_matches(records, stats, layer, acts, cfg)
 
     # the public loader agrees with the tables and decodes tokens
     rec = load_neuron_record(run_dir, 1, 3)
