@@ -270,6 +270,23 @@ class SlotScorer:
 
     def score(self, requests: Sequence[SlotRequest], label_mass: bool = False) -> list[SlotLogprobs | SlotError]:
         """Label log-probabilities at every slot of every request; a request that cannot be scored gets its error."""
+        encoded, results = self.encode(requests)
+        if encoded:
+            self.head.check(self.module, encoded[0].ids)
+            n, cache = self.shared_prefix(encoded)
+            for batch in pack([len(e.ids) - n for e in encoded], self.batch_tokens):
+                rows = [encoded[j] for j in batch]
+                with torch.no_grad():
+                    hidden = self.hidden_states(rows, n, cache)
+                    device = hidden.device
+                    rows_at = torch.tensor([b for b, r in enumerate(rows) for _ in r.reads], device=device)
+                    cols_at = torch.tensor([p - n for r in rows for p in r.reads], device=device)
+                    for row, out in zip(rows, self._read(rows, hidden[rows_at, cols_at], label_mass), strict=True):
+                        results[row.index] = out
+        return [r for r in results if r is not None]
+
+    def encode(self, requests: Sequence[SlotRequest]) -> tuple[list[Encoded], list[SlotLogprobs | SlotError | None]]:
+        """Tokenise and check every request: the valid ones, and a result list holding the others' errors."""
         results: list[SlotLogprobs | SlotError | None] = [None] * len(requests)
         encoded = []
         for i, request in enumerate(requests):
@@ -280,16 +297,9 @@ class SlotScorer:
                 self.prompt_tokens += len(encoded[-1].ids)
             except SlotError as e:
                 results[i] = e
-        if encoded:
-            self.head.check(self.module, encoded[0].ids)
-            n, cache = self._prefix(encoded)
-            for batch in pack([len(e.ids) - n for e in encoded], self.batch_tokens):
-                rows = [encoded[j] for j in batch]
-                for row, out in zip(rows, self._score_batch(rows, n, cache, label_mass), strict=True):
-                    results[row.index] = out
-        return [r for r in results if r is not None]
+        return encoded, results
 
-    def _prefix(self, encoded: Sequence[Encoded]) -> tuple[int, Any]:
+    def shared_prefix(self, encoded: Sequence[Encoded]) -> tuple[int, Any]:
         """Length and cache of the prefix every prompt shares, up to the first token whose prediction is read."""
         if not self.reuse_prefix:
             return 0, None
@@ -305,9 +315,8 @@ class SlotScorer:
             return 0, None
         return n, prefix.cache
 
-    def _score_batch(self, rows: Sequence[Encoded], n: int, prefix: Any, label_mass: bool) -> list[SlotLogprobs]:
-        """One forward over right-padded suffixes, then the head at the read positions only."""
-        device = _device(self.module)
+    def hidden_states(self, rows: Sequence[Encoded], n: int, prefix: Any) -> torch.Tensor:
+        """The base model's last hidden states over the rows' right-padded suffixes after `n` prefix tokens."""
         suffixes = [r.ids[n:] for r in rows]
         width = max(len(s) for s in suffixes)
         x = torch.full((len(rows), width), _pad_id(self.tokenizer), dtype=torch.long)
@@ -318,21 +327,18 @@ class SlotScorer:
             mask[b, n : n + len(s)] = 1
         positions = torch.arange(n, n + width)[None].expand(len(rows), -1)
         cache = cache_view(prefix, n, len(rows), keep_history=False) if n else None
-        with torch.no_grad():
-            hidden = self.module.base_model(
-                input_ids=x.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                cache=cache,
-                use_cache=cache is not None,
-            ).last_hidden_state
-            rows_at = torch.tensor([b for b, r in enumerate(rows) for _ in r.reads], device=device)
-            cols_at = torch.tensor([p - n for r in rows for p in r.reads], device=device)
-            out = self._read(rows, hidden[rows_at, cols_at], label_mass)
+        device = _device(self.module)
+        hidden = self.module.base_model(
+            input_ids=x.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
         self.suffix_tokens += sum(len(s) for s in suffixes)
         self.padded_tokens += x.numel()
         self.batches += 1
-        return out
+        return hidden
 
     def _read(self, rows: Sequence[Encoded], hidden: torch.Tensor, label_mass: bool) -> list[SlotLogprobs]:
         """Per row: label log-probabilities renormalised over its labels (and their mass) at its reads."""
