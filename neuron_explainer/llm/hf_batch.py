@@ -84,7 +84,9 @@ class Prefix:
     """Token ids and the KV cache that holds exactly them (sliding layers with their full past)."""
 
     ids: tuple[int, ...]
+    """The prefix's token ids."""
     cache: Any
+    """Its KV cache (a transformers DynamicCache); read it through `cache_view`, never run the model on it."""
 
 
 class PrefixStore:
@@ -96,6 +98,7 @@ class PrefixStore:
         self.min_tokens = min_tokens
         """Shorter common prefixes are recomputed rather than reused."""
         self.items: list[Prefix] = []
+        """Stored prefixes, most recent first."""
         self.forward_tokens = 0
         """Prefix tokens run through the model (reuse lowers it)."""
 
@@ -133,10 +136,13 @@ class Encoded:
     index: int
     """Position of the request in the caller's list."""
     ids: list[int]
+    """The whole prompt's token ids, special tokens included."""
     reads: list[int]
     """Per slot, the index of the token whose prediction is read: the one just before the slot's token."""
     slot_tokens: tuple[str, ...]
+    """The prompt's text of the token that starts at each slot."""
     label_ids: tuple[int, ...]
+    """The single token id of each label, in the request's label order."""
 
 
 def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, ...]:
@@ -202,9 +208,12 @@ class SlotHead:
 
     def __init__(self, module: Any) -> None:
         self.head = module.get_output_embeddings()
+        """The model's output projection (its vocabulary rows are the weight's rows)."""
         config = module.config.get_text_config() if hasattr(module.config, "get_text_config") else module.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
+        """Gemma 2/3's final logit softcapping (None: none)."""
         self.checked = False
+        """Whether `check` has passed for this model."""
 
     def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits of `hidden` (n, d) for vocabulary `rows` (all when None), softcapped as the model does."""
@@ -251,13 +260,17 @@ class SlotScorer:
         min_prefix_tokens: int = 16,
     ) -> None:
         self.module = module
+        """The transformers causal LM."""
         self.tokenizer = tokenizer
+        """Its fast tokenizer (character offsets are needed to find the slots)."""
         self.batch_tokens = batch_tokens
         """Most padded suffix tokens (rows x longest suffix) run in one forward."""
         self.reuse_prefix = reuse_prefix
         """Run the prompts' shared prefix once per call (and reuse it across calls); off: every prompt in full."""
         self.store = PrefixStore(prefix_entries, min_prefix_tokens)
+        """The shared prefixes run so far."""
         self.head = SlotHead(module)
+        """The output head, applied at the slots only."""
         self._label_ids: dict[tuple[str, ...], tuple[int, ...]] = {}
         self.prompt_tokens = 0
         """Tokens of every prompt scored (prefix included, as if each ran alone)."""
