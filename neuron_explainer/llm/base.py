@@ -21,6 +21,10 @@ class Capability(str, Enum):
     """Chat messages in, sampled completions out."""
     PROMPT_LOGPROBS = "prompt_logprobs"
     """Top-k next-token log-probabilities at every position of a given prompt."""
+    SLOT_LOGPROBS = "slot_logprobs"
+    """`label_logprobs(requests)`: label log-probabilities at given slots of many prompts, batched."""
+    GENERATE_BATCH = "generate_batch"
+    """`generate_batch(requests)`: many chats generated together; greedy output equals `generate`'s."""
 
 
 class CapabilityError(NeuronExplainerError):
@@ -71,6 +75,34 @@ class TokenLogprobs:
     top: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     """Top-k (token text, log-probability) of the *next* token, given the prompt up to and including
     this one; sorted by log-probability, highest first."""
+
+
+class SlotError(NeuronExplainerError):
+    """A slot request cannot be scored: no prompt token starts at a slot, or a label is not one token."""
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """One prompt, the character offsets of its slots and the labels to score at every slot."""
+
+    prompt: str
+    slots: tuple[int, ...]
+    """Character offsets in `prompt`; a prompt token must start exactly at each one (not the first token)."""
+    labels: tuple[str, ...]
+    """Candidate texts for the token at each slot; each must be exactly one token of the model."""
+
+
+@dataclass(frozen=True)
+class SlotLogprobs:
+    """Label log-probabilities at the slots of one SlotRequest, read from the token just before each slot."""
+
+    logprobs: tuple[tuple[float, ...], ...]
+    """Per slot, per label: log P(label | the prompt before the slot, the next token is a label)."""
+    slot_tokens: tuple[str, ...]
+    """The prompt's text of the token that starts at each slot."""
+    label_mass: tuple[float, ...] | None = None
+    """Per slot, log P(the next token is one of the labels) over the whole vocabulary, when asked for;
+    `logprobs[i][j] + label_mass[i]` is then the full-vocabulary log-probability of label j."""
 
 
 @runtime_checkable

@@ -2,13 +2,14 @@
 
 Prompt logprobs reuse the key/value cache of the longest prompt prefix seen recently: all-at-once
 simulation sends one long shared few-shot prefix followed by a different excerpt each time, so only the
-excerpt is recomputed. Model calls run in a worker thread (one at a time) so the event loop stays free.
+excerpt is recomputed. The cached prefix is read through views (llm/hf_batch.py), never copied. Batched
+slot scoring and batched generation serve many prompts per forward. Model calls run in a worker thread
+(one at a time) so the event loop stays free.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import threading
 from collections.abc import Sequence
@@ -17,7 +18,24 @@ from typing import Any
 
 import torch
 
-from neuron_explainer.llm.base import Capability, GenerateParams, Message, TokenLogprobs
+from neuron_explainer.llm.base import (
+    Capability,
+    GenerateParams,
+    Message,
+    SlotError,
+    SlotLogprobs,
+    SlotRequest,
+    TokenLogprobs,
+)
+from neuron_explainer.llm.hf_batch import (
+    PrefixStore,
+    SlotScorer,
+    cache_view,
+    can_view,
+    common_prefix,
+    pack,
+    recording_cache,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +44,7 @@ logger = logging.getLogger(__name__)
 class _PrefixEntry:
     ids: tuple[int, ...]
     include: tuple[int, ...]
-    kv: Any
+    cache: Any  # sliding-window layers keep their full past, so any prefix of it can be viewed
     top_values: torch.Tensor  # (len(ids), k): log-probs of the top next tokens at each position
     top_indices: torch.Tensor
 
@@ -35,7 +53,9 @@ class LocalBackend:
     """A transformers causal LM in this process (CPU or CUDA)."""
 
     name = "local"
-    capabilities = frozenset({Capability.GENERATE, Capability.PROMPT_LOGPROBS})
+    capabilities = frozenset(
+        {Capability.GENERATE, Capability.PROMPT_LOGPROBS, Capability.SLOT_LOGPROBS, Capability.GENERATE_BATCH}
+    )
     supports_prefill = True
     """A trailing assistant message is continued, not answered."""
 
@@ -48,6 +68,8 @@ class LocalBackend:
         reuse_prefix: bool = True,
         min_prefix_tokens: int = 16,
         cache_entries: int = 2,
+        slot_batch_tokens: int = 2048,
+        generate_batch_tokens: int = 16384,
     ) -> None:
         self.module = module
         """The torch model."""
@@ -60,8 +82,16 @@ class LocalBackend:
         self._cache: list[_PrefixEntry] = []
         self._lock = threading.Lock()
         self._token_text: dict[int, str] = {}
-        self.reuse_failures = 0
-        """Prompts whose cached-prefix continuation failed and were recomputed in full."""
+        self.slots = SlotScorer(
+            module,
+            tokenizer,
+            PrefixStore(cache_entries, min_prefix_tokens),
+            batch_tokens=slot_batch_tokens,
+            reuse_prefix=reuse_prefix,
+        )
+        """Batched slot scoring (`label_logprobs`); its counters say how many tokens it ran."""
+        self.generate_batch_tokens = generate_batch_tokens
+        """Most padded tokens (rows x (longest prompt + max_tokens)) generated together by `generate_batch`."""
         self.forward_tokens = 0
         """Tokens run through the model by prompt_logprobs (prefix reuse lowers it)."""
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -101,33 +131,79 @@ class LocalBackend:
         text = "".join(f"{m.role.capitalize()}: {m.content}\n\n" for m in messages) + "Assistant:"
         return tok(text, return_tensors="pt").input_ids
 
-    def _generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
-        ids = self._chat_ids(messages).to(self.device)
+    def _eos_ids(self) -> set[int]:
+        eos = getattr(getattr(self.module, "generation_config", None), "eos_token_id", None)
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def _generate_rows(self, prompts: Sequence[list[int]], params: GenerateParams) -> list[list[int]]:
+        """New token ids for each prompt, left-padded into one `generate` call, each cut at its first EOS."""
         tok = self.tokenizer
-        sample = params.temperature > 0
-        kwargs: dict[str, Any] = {
-            "do_sample": sample,
-            "max_new_tokens": params.max_tokens,
-            "num_return_sequences": params.n,
-            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        }
-        if sample:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = 0 if pad is None else int(pad)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        kwargs: dict[str, Any] = {"do_sample": params.temperature > 0, "max_new_tokens": params.max_tokens}
+        if params.temperature > 0:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        with self._lock:
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            with torch.no_grad():
-                out = self.module.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        texts = [tok.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
-        self.usage["prompt_tokens"] += int(ids.shape[1])
-        pad = kwargs["pad_token_id"]
-        new_tokens = [row[ids.shape[1] :] for row in out]
-        self.usage["completion_tokens"] += sum(len(r) if pad is None else int((r != pad).sum()) for r in new_tokens)
-        return [_cut_at_stop(t, params.stop) for t in texts]
+        with torch.no_grad():
+            out = self.module.generate(
+                ids.to(self.device), attention_mask=mask.to(self.device), pad_token_id=pad, **kwargs
+            )
+        eos = self._eos_ids()
+        rows = []
+        for new in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
+            rows.append(new[:cut])
+        self.usage["prompt_tokens"] += sum(len(p) for p in prompts)
+        self.usage["completion_tokens"] += sum(len(r) for r in rows)
+        return rows
+
+    def _generate_batch(self, requests: Sequence[tuple[Sequence[Message], GenerateParams]]) -> list[list[str]]:
+        # One row per sample; greedy samples are all the same, so one row serves them all.
+        rows = [
+            (i, self._chat_ids(messages)[0].tolist(), params)
+            for i, (messages, params) in enumerate(requests)
+            for _ in range(params.n if params.temperature > 0 else 1)
+        ]
+        groups: dict[tuple, list[tuple[int, list[int], GenerateParams]]] = {}
+        for row in rows:  # rows generate together only with the same sampling settings
+            p = row[2]
+            groups.setdefault((p.max_tokens, p.temperature, p.top_p, p.seed), []).append(row)
+        texts: list[list[str]] = [[] for _ in requests]
+        for group in groups.values():
+            params = group[0][2]
+            new_rows: dict[int, list[int]] = {}
+            with self._lock:  # held across batches: nothing else may draw from the seeded generator
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                for batch in pack([len(r[1]) + params.max_tokens for r in group], self.generate_batch_tokens):
+                    chosen = sorted(batch)  # keeps the samples of a request in order
+                    new = self._generate_rows([group[j][1] for j in chosen], params)
+                    new_rows.update(zip(chosen, new, strict=True))
+            for j, tokens in sorted(new_rows.items()):
+                i, _, p = group[j]
+                text = _cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), p.stop)
+                texts[i].extend([text] * (1 if p.temperature > 0 else p.n))
+        return texts
 
     async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
         """Sample `params.n` chat completions (greedy when temperature is 0)."""
-        return await asyncio.to_thread(self._generate, messages, params)
+        (texts,) = await asyncio.to_thread(self._generate_batch, [(messages, params)])
+        return texts
+
+    async def generate_batch(self, requests: Sequence[tuple[Sequence[Message], GenerateParams]]) -> list[list[str]]:
+        """`generate` for many chats at once: left-padded rows, batched by `generate_batch_tokens`.
+
+        At temperature 0 each result equals `generate`'s. Sampled rows (temperature > 0) share a batch
+        only with rows of the same settings; a seed is applied once per such group, so sampled texts are
+        reproducible for the same list of requests, not equal to one-by-one `generate` calls.
+        """
+        return await asyncio.to_thread(self._generate_batch, requests)
 
     # -- prompt logprobs --------------------------------------------------------------------------
     def _text(self, token_id: int) -> str:
@@ -137,44 +213,27 @@ class LocalBackend:
         return text
 
     def _forward_top(
-        self, ids: list[int], top_k: int, include: tuple[int, ...] = (), allow_reuse: bool = True
+        self, ids: list[int], top_k: int, include: tuple[int, ...] = ()
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k (then the `include` ids') next-token log-probs at every position, reusing a cached prefix."""
-        start, kv, cached_v, cached_i = 0, None, None, None
-        if self.reuse_prefix and allow_reuse:
+        start, cache, cached_v, cached_i = 0, None, None, None
+        if self.reuse_prefix:
             best = None
             for entry in self._cache:
-                n = _common_prefix(entry.ids, ids)
+                n = common_prefix(entry.ids, ids)
                 usable = entry.include == include and entry.top_values.shape[1] == top_k + len(include)
                 if usable and n >= self.min_prefix_tokens and (best is None or n > best[0]):
                     best = (n, entry)
             if best is not None:
-                n, entry = best
-                n = min(n, len(ids) - 1)  # always recompute at least the last token
-                try:
-                    kv = copy.deepcopy(entry.kv)
-                    excess = kv.get_seq_length() - n
-                    if excess > 0:
-                        kv.crop(-excess)  # negative: drop that many trailing positions
-                    start = n
-                    cached_v, cached_i = entry.top_values[:n], entry.top_indices[:n]
-                except (AttributeError, NotImplementedError, ValueError, RuntimeError) as e:
-                    logger.info("prefix reuse disabled for %s: %s", self.model, e)
-                    self.reuse_prefix, kv, start = False, None, 0
-        if self.reuse_prefix and kv is None:
-            kv = _recording_cache(self.module)
+                start = min(best[0], len(ids) - 1)  # always recompute at least the last token
+                cache = cache_view(best[1].cache, start)
+                cached_v, cached_i = best[1].top_values[:start], best[1].top_indices[:start]
+            else:
+                cache = recording_cache(self.module)
         x = torch.tensor([ids[start:]], device=self.device)
-        try:
-            with torch.no_grad():
-                out = self.module(input_ids=x, past_key_values=kv, use_cache=self.reuse_prefix)
-        except RuntimeError as e:
-            if start == 0:
-                raise
-            # Some cache layouts (sliding-window layers after a crop) reject some continuations:
-            # recompute this prompt from scratch rather than fail.
-            logger.debug("prefix reuse failed for %s, recomputing in full: %s", self.model, e)
-            self.reuse_failures += 1
-            return self._forward_top(ids, top_k, include, allow_reuse=False)
+        positions = torch.arange(start, len(ids), device=self.device)[None]
+        with torch.no_grad():
+            out = self.module(input_ids=x, position_ids=positions, cache=cache, use_cache=self.reuse_prefix)
         self.forward_tokens += x.shape[1]
         logp = torch.log_softmax(out.logits[0].float(), dim=-1)
         values, indices = logp.topk(top_k, dim=-1)
@@ -183,10 +242,13 @@ class LocalBackend:
             values = torch.cat([values, logp[:, inc]], 1)
             indices = torch.cat([indices, inc.expand(len(logp), -1)], 1)
         values, indices = values.cpu(), indices.cpu()
-        if cached_v is not None:
+        if cached_v is not None and cached_i is not None:
             values, indices = torch.cat([cached_v, values]), torch.cat([cached_i, indices])
+        if self.reuse_prefix and not can_view(out.cache):
+            logger.info("prefix reuse disabled for %s: its KV cache has layers that cannot be viewed", self.model)
+            self.reuse_prefix = False
         if self.reuse_prefix:
-            self._cache.insert(0, _PrefixEntry(tuple(ids), include, out.past_key_values, values, indices))
+            self._cache.insert(0, _PrefixEntry(tuple(ids), include, out.cache, values, indices))
             del self._cache[self.cache_entries :]
         return values, indices
 
@@ -224,28 +286,30 @@ class LocalBackend:
         """
         return await asyncio.to_thread(self._prompt_logprobs, prompt, top_k, include)
 
+    def _label_logprobs(self, requests: Sequence[SlotRequest], label_mass: bool) -> list[SlotLogprobs | SlotError]:
+        with self._lock:
+            before = self.slots.prompt_tokens
+            out = self.slots.score(requests, label_mass=label_mass)
+            self.usage["prompt_tokens"] += self.slots.prompt_tokens - before
+        return out
+
+    async def label_logprobs(
+        self, requests: Sequence[SlotRequest], *, label_mass: bool = False
+    ) -> list[SlotLogprobs | SlotError]:
+        """Per request, the log-probabilities of its labels at each slot, renormalised over the labels.
+
+        Read from the prediction of the token just before each slot, exactly as one full forward would
+        give them. The prompts' shared prefix runs once and is reused across calls; suffixes run in
+        batches of `slot_batch_tokens`. `label_mass` adds each slot's total label probability over the
+        whole vocabulary (a full output head at every slot: slower). A request whose slots do not start
+        a token, or whose labels are not single tokens, gets a SlotError in its place; the others are scored.
+        """
+        return await asyncio.to_thread(self._label_logprobs, requests, label_mass)
+
     async def aclose(self) -> None:
         """Drop cached prefixes."""
         self._cache.clear()
-
-
-def _recording_cache(module: Any) -> Any:
-    """A fresh KV cache that keeps every past state, so sliding-window layers (Gemma 2/3) can be cropped."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=module.config)
-    if hasattr(cache, "activate_past_recording"):
-        cache.activate_past_recording()
-    return cache
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+        self.slots.store.clear()
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:

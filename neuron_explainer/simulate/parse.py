@@ -113,7 +113,8 @@ def label_distribution(
     mass: dict[int, float] = {}
     for tok, lp in top:
         text = tok.strip()
-        if text.isdigit() and int(text) <= max_level and str(int(text)) == text:
+        # isdecimal() alone admits '²' and other digits int() refuses: labels are ASCII 0-9 only
+        if text.isascii() and text.isdecimal() and int(text) <= max_level and str(int(text)) == text:
             mass[int(text)] = mass.get(int(text), 0.0) + math.exp(lp)
     total = sum(mass.values())
     if total <= 0:

@@ -12,8 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 from neuron_explainer.config.sections import SimulateConfig
-from neuron_explainer.datatypes import Failure
+from neuron_explainer.datatypes import Failure, Simulation
 from neuron_explainer.errors import ConfigError, NeuronExplainerError
+from neuron_explainer.llm.base import BackendError, Capability
 from neuron_explainer.prompts.templates import SimulatorTemplate, load_simulator_template
 from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.splits import scoring_records
@@ -28,7 +29,8 @@ from neuron_explainer.records.tables import (
 )
 from neuron_explainer.records.views import apply_view
 from neuron_explainer.scoring.calibration import calibration_columns
-from neuron_explainer.simulate.methods import SimulationMethod, require_method
+from neuron_explainer.simulate.batched import SlotBatcher
+from neuron_explainer.simulate.methods import METHODS, SimulationMethod, require_method
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import SimulatorSetup
 from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitResult, run_units
@@ -81,47 +83,11 @@ async def run(store: RunStore, cfg: SimulateConfig, deps: Deps) -> StageReport:
     setups = {
         view: replace(base, template=t) for view, t in templates_for(cfg, deps.config.prompts_dir, views, m).items()
     }
-    splits = ("valid", "calibration") if cfg.calibrate else ("valid",)
-
-    async def work(unit: dict[str, Any]) -> UnitResult:
-        layer, neuron, eid = int(unit["layer"]), int(unit["neuron"]), unit["explanation_id"]
-        record = load_neuron_record(store.root, layer, neuron)
-        view, setup = unit["view"], setups[unit["view"]]
-        todo = [
-            (split, kind, apply_view(rec, view)) for split in splits for kind, rec in scoring_records(record, split)
-        ]
-        try:
-            sims = [await m.run(unit["explanation"], rec.tokens, setup) for _, _, rec in todo]
-        except (SimulationParseError, NeuronExplainerError) as e:
-            kind = "parse" if isinstance(e, SimulationParseError) else "backend"
-            return UnitResult(
-                failures=[failure_row(layer, neuron, eid, Failure(stage="simulate", kind=kind, message=str(e)))]
-            )
-        cal = [
-            (rec.activations, s.expected_values)
-            for (split, _, rec), s in zip(todo, sims, strict=True)
-            if split == "calibration"
-        ]
-        excerpts = [
-            SimulatedExcerpt(split, kind, rec.stored_id, s.expected_values)
-            for (split, kind, rec), s in zip(todo, sims, strict=True)
-        ]
-        rows = simulation_rows(
-            layer,
-            neuron,
-            eid,
-            excerpts,
-            simulator=simulator,
-            prompt_version=sims[0].prompt_version,
-            max_level=sims[0].max_level,
-            calibration=calibration_columns(cfg.calibrate, [a for a, _ in cal], [s for _, s in cal]),
-        )
-        return UnitResult({"simulations": rows})
-
+    unit_simulator = _UnitSimulator(store, cfg, m, setups)
     writer = PartWriter(store, "simulations")
     await run_units(
         todo,
-        work,
+        unit_simulator.unit,
         report=report,
         writer=writer,
         max_in_flight=deps.config.llm.max_in_flight,
@@ -129,3 +95,58 @@ async def run(store: RunStore, cfg: SimulateConfig, deps: Deps) -> StageReport:
         progress=deps.progress,
     )
     return report
+
+
+class _UnitSimulator:
+    """The work of one simulate unit (an explanation), with what every unit shares.
+
+    With the all-at-once method on a back end that scores slots in batches (the local one), the
+    excerpts of every unit in flight go to one SlotBatcher per view: one forward pass then serves
+    excerpts of several explanations and neurons. Any other back end gets one request per excerpt.
+    """
+
+    def __init__(self, store: RunStore, cfg: SimulateConfig, m: SimulationMethod, setups: dict) -> None:
+        self.store, self.cfg, self.m, self.setups = store, cfg, m, setups
+        batched = m is METHODS["all_at_once"]
+        self.batchers = {
+            view: SlotBatcher(setup)
+            for view, setup in setups.items()
+            if batched and Capability.SLOT_LOGPROBS in setup.backend.capabilities
+        }
+        self.splits = ("valid", "calibration") if cfg.calibrate else ("valid",)
+
+    async def simulations(self, view: str, explanation: str, records: list) -> list[Simulation]:
+        """The simulation of every record, or the first failure raised."""
+        if view not in self.batchers:
+            return [await self.m.run(explanation, rec.tokens, self.setups[view]) for rec in records]
+        results = await self.batchers[view].submit([(explanation, rec.tokens) for rec in records])
+        failed = next((r for r in results if isinstance(r, Failure)), None)
+        if failed is not None:
+            raise (SimulationParseError if failed.kind == "parse" else BackendError)(failed.message)
+        return [r for r in results if isinstance(r, Simulation)]
+
+    async def unit(self, unit: dict[str, Any]) -> UnitResult:
+        """Simulate one explanation on its valid (and calibration) records; all or nothing."""
+        layer, neuron, eid = int(unit["layer"]), int(unit["neuron"]), unit["explanation_id"]
+        record = load_neuron_record(self.store.root, layer, neuron)
+        view = unit["view"]
+        todo = [
+            (split, kind, apply_view(rec, view))
+            for split in self.splits
+            for kind, rec in scoring_records(record, split)
+        ]
+        try:
+            sims = await self.simulations(view, unit["explanation"], [rec for _, _, rec in todo])
+        except (SimulationParseError, NeuronExplainerError) as e:
+            kind = "parse" if isinstance(e, SimulationParseError) else "backend"
+            failure = Failure(stage="simulate", kind=kind, message=str(e))
+            return UnitResult(failures=[failure_row(layer, neuron, eid, failure)])
+        cal = [(rec.activations, s.expected_values) for (split, _, rec), s in zip(todo, sims, strict=True)
+               if split == "calibration"]  # fmt: skip
+        excerpts = [SimulatedExcerpt(split, kind, rec.stored_id, s.expected_values)
+                    for (split, kind, rec), s in zip(todo, sims, strict=True)]  # fmt: skip
+        columns = calibration_columns(self.cfg.calibrate, [a for a, _ in cal], [s for _, s in cal])
+        rows = simulation_rows(layer, neuron, eid, excerpts, simulator=self.setups[view].name,
+                               prompt_version=sims[0].prompt_version, max_level=sims[0].max_level,
+                               calibration=columns)  # fmt: skip
+        return UnitResult({"simulations": rows})

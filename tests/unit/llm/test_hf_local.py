@@ -9,6 +9,8 @@ from neuron_explainer.llm.base import GenerateParams, Message
 from neuron_explainer.llm.hf_local import LocalBackend
 from tests.conftest import make_tiny_model, make_tokenizer
 
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")  # e.g. the deprecated `past_key_values`
+
 PREFIX = " ".join(["the cat sat on the red road and the dog ran under the big tree ."] * 3)
 
 

@@ -100,3 +100,12 @@ def test_chat_only_backend_is_refused_before_any_request() -> None:
     with pytest.raises(CapabilityError):
         asyncio.run(simulate_all_at_once("x", ["a"], SimulatorSetup(fake, load_simulator_template())))
     assert fake.calls == []
+
+
+def test_label_distribution_ignores_digits_that_are_not_labels() -> None:
+    from neuron_explainer.simulate.parse import label_distribution
+
+    # Gemma's vocabulary has '²' and '٣': str.isdigit() says yes, int() refuses or reads another label
+    values, probs, expected = label_distribution([("²", -0.1), ("٣", -0.2), (" 7", -0.5), ("3", -1.0)], 10, "t")
+    assert values == (3, 7) and expected == pytest.approx((3 * math.exp(-1.0) + 7 * math.exp(-0.5))
+                                                          / (math.exp(-1.0) + math.exp(-0.5)))  # fmt: skip
