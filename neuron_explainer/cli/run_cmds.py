@@ -61,6 +61,19 @@ def _run_pipeline(cfg: RunConfig, force: bool) -> None:
         )
 
 
+def dry_run_plan(cfg: RunConfig, calibrate: bool) -> None:
+    """Print the plan; with `calibrate`, also the projection from a measured sample."""
+    from neuron_explainer.plan import format_plan, make_plan, model_shape
+
+    plan = make_plan(cfg, *model_shape(cfg))
+    out.print(format_plan(cfg, plan), highlight=False, markup=False)
+    if calibrate:
+        from neuron_explainer.plan_measure import calibrate as measure
+        from neuron_explainer.plan_measure import format_measured
+
+        out.print(format_measured(cfg, plan, measure(cfg, say)), highlight=False, markup=False)
+
+
 @app.command()
 def run(
     config: common.ConfigOpt = None,
@@ -68,6 +81,9 @@ def run(
     force: Annotated[bool, Opt("--force", help="Delete existing outputs made with another config.")] = False,
     dry_run: Annotated[
         bool, Opt("--dry-run", help="Print the plan (calls, tokens, time, storage, cost) and stop.")
+    ] = False,
+    calibrate: Annotated[
+        bool, Opt("--calibrate", help="With --dry-run: time a short sample of each stage and project the run.")
     ] = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
@@ -79,10 +95,10 @@ def run(
     with common.user_errors():
         cfg = common.build_config(config, overrides, {})
         if dry_run:
-            from neuron_explainer.plan import format_plan, make_plan, model_shape
-
-            out.print(format_plan(cfg, make_plan(cfg, *model_shape(cfg))), highlight=False, markup=False)
+            dry_run_plan(cfg, calibrate)
             return
+        if calibrate:
+            raise ConfigError("--calibrate goes with --dry-run")
         _run_pipeline(cfg, force)
 
 

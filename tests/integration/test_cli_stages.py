@@ -170,3 +170,19 @@ def test_output_tokens_stage_and_the_viewer_command(harvested: Path, tmp_path: P
     assert json.dumps(promoted)[1:-1].replace("/", "\\/") in page.read_text()  # the page shows the top token
     bad = runner.invoke(app, ["view", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")])
     assert bad.exit_code == 2 and len([x for x in bad.output.splitlines() if x.strip()]) == 1
+
+
+def test_dry_run_calibrates_on_a_sample(tiny_model_dirs, corpus_file, tmp_path: Path) -> None:
+    sets = [f"out={tmp_path / 'never'}", f"harvest.model={tiny_model_dirs['gpt2']}",
+            f"harvest.corpus.source={corpus_file}", "harvest.n_excerpts=5000", "harvest.excerpt_len=16",
+            "neurons=all", "explain.explainer=fake", "simulate.simulator=fake:oracle",
+            "simulate.max_level=10"]  # fmt: skip
+    result = runner.invoke(app, ["run", "--dry-run", "--calibrate", *[x for s in sets for x in ("--set", s)]])
+    text = flat(result)
+    assert result.exit_code == 0, result.output
+    assert "measured on a sample (cpu): harvest" in text and "simulate:" in text and "projected wall time" in text
+    # 2 layers x 128 neurons, one explanation each, 20 simulated excerpts each
+    assert "for 256 neurons" in text and "for 5,120 excerpts" in text
+    assert not (tmp_path / "never").exists()  # a dry run writes nothing in the run directory
+    alone = runner.invoke(app, ["run", "--calibrate", *[x for s in sets for x in ("--set", s)]])
+    assert alone.exit_code == 2 and "--calibrate goes with --dry-run" in flat(alone)
