@@ -80,9 +80,19 @@ class ViewSource:
         return self.root / "data" / f"{name}.parquet"
 
     def model_name(self) -> str:
-        """The subject model's spec as harvested (e.g. `builtin:gemma3-270m`), or "unknown model"."""
-        model = self.manifest.get("harvest", {}).get("model", {})
-        return str(model.get("spec") or model.get("id") or "unknown model")
+        """The subject model's spec as harvested (e.g. `builtin:gemma3-270m`), and the features if not neurons.
+
+        A run of SAE latents or directions says so: `gpt2 · sae features: latents of a sparse coder at ...`.
+        """
+        harvest = self.manifest.get("harvest", {})
+        model = harvest.get("model", {})
+        name = str(model.get("spec") or model.get("id") or "unknown model")
+        features = harvest.get("features") or {"kind": "mlp"}
+        if features.get("kind", "mlp") == "mlp":
+            return name
+        where = features.get("hook_in") or features.get("hook") or f"layer {features.get('layer', '?')}"
+        source = features.get("source") or features.get("path") or ""
+        return f"{name} · {features['kind']} features at {where}" + (f" ({Path(source).name})" if source else "")
 
     def neuron_stats(self, layer: int) -> pd.DataFrame:
         """One row per neuron of a layer (columns of `neuron_stats`, plus `density` if the table has it).

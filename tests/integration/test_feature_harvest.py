@@ -185,3 +185,14 @@ def read_table_records_neurons(store) -> list[int]:
     import pyarrow.parquet as pq
 
     return sorted(set(pq.read_table(store.records_path(0), columns=["neuron"]).column("neuron").to_pylist()))
+
+
+def test_the_viewer_names_the_features(tiny_model_dirs, corpus_file, tmp_path) -> None:
+    from neuron_explainer.view import build_site
+
+    path, *_ = write_coder("saelens_topk", "llama", tmp_path / "coder")
+    cfg = harvest_cfg(tiny_model_dirs["llama"], corpus_file, features=f"sae:{path}", top_k=4, random_k=3)
+    HarvestRun(cfg, tmp_path / "run").run()
+    report = build_site(tmp_path / "run", tmp_path / "site", pages=[(0, 1)])
+    index = report.index.read_text()
+    assert "sae features at model.layers.0:output (coder)" in index and report.n_neurons == N_LATENTS
