@@ -154,6 +154,41 @@ def parse_explanation(
     return f"{explanation_prefix} {phrase}" if explanation_prefix else phrase
 
 
+def explanation_request(
+    records: Sequence[ActivationRecord],
+    backend: LLMBackend,
+    template: ExplainerTemplate,
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    max_tokens: int = 60,
+    seed: int | None = None,
+) -> tuple[list[Message], GenerateParams]:
+    """The chat and sampling settings that ask `backend` for `n` explanations of the records."""
+    require(backend, Capability.GENERATE, "explanation")
+    messages = build_explainer_messages(template, records)
+    if getattr(backend, "supports_prefill", False):
+        messages.append(Message("assistant", template.answer_prefix))  # the model completes the sentence
+    params = GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
+    return messages, params
+
+
+def parse_explanations(outputs: Sequence[str], template: ExplainerTemplate) -> list[str | Failure]:
+    """Each raw answer as a cleaned phrase, or a typed parse Failure (never an empty string)."""
+    few_shot = [ex.explanation for ex in template.examples]
+    results: list[str | Failure] = []
+    for raw in outputs:
+        try:
+            results.append(
+                parse_explanation(
+                    raw, few_shot, answer_prefix=template.answer_prefix, explanation_prefix=template.explanation_prefix
+                )
+            )
+        except ExplanationParseError as e:
+            results.append(Failure(stage="explain", kind="parse", message=str(e), raw=raw))
+    return results
+
+
 async def explain(
     records: Sequence[ActivationRecord],
     backend: LLMBackend,
@@ -165,25 +200,7 @@ async def explain(
     seed: int | None = None,
 ) -> list[str | Failure]:
     """Sample `n` explanations; each is a cleaned phrase or a typed parse Failure (never an empty string)."""
-    require(backend, Capability.GENERATE, "explanation")
-    messages = build_explainer_messages(template, records)
-    if getattr(backend, "supports_prefill", False):
-        messages.append(Message("assistant", template.answer_prefix))  # the model completes the sentence
-    outputs = await backend.generate(
-        messages, GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
+    messages, params = explanation_request(
+        records, backend, template, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed
     )
-    results: list[str | Failure] = []
-    for raw in outputs:
-        try:
-            few_shot = [ex.explanation for ex in template.examples]
-            results.append(
-                parse_explanation(
-                    raw,
-                    few_shot,
-                    answer_prefix=template.answer_prefix,
-                    explanation_prefix=template.explanation_prefix,
-                )
-            )
-        except ExplanationParseError as e:
-            results.append(Failure(stage="explain", kind="parse", message=str(e), raw=raw))
-    return results
+    return parse_explanations(await backend.generate(messages, params), template)

@@ -54,25 +54,44 @@ class CachedBackend:
         )
         self._db.commit()
 
-    async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
-        """Cached per sample index; only missing samples are generated."""
+    def _sample_keys(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
         base = {
             "method": "generate",
             "messages": [[m.role, m.content] for m in messages],
             **{k: v for k, v in dataclasses.asdict(params).items() if k != "n"},
         }
-        keys = [self._key({**base, "sample_idx": i}) for i in range(params.n)]
+        return [self._key({**base, "sample_idx": i}) for i in range(params.n)]
+
+    def _lookup(self, keys: list[str]) -> tuple[dict[int, Any], list[int]]:
         found = {i: self._get(k) for i, k in enumerate(keys)}
         missing = [i for i, v in found.items() if v is None]
-        self.hits += params.n - len(missing)
+        self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        if missing:
-            fresh = await self.inner.generate(messages, dataclasses.replace(params, n=len(missing)))
-            if len(fresh) != len(missing):
-                raise ValueError(f"back end returned {len(fresh)} samples for {len(missing)} requested")
-            self._put([(keys[i], text) for i, text in zip(missing, fresh, strict=True)])
-            found.update(zip(missing, fresh, strict=True))
-        return [found[i] for i in range(params.n)]
+        return found, missing
+
+    def _store(self, keys: list[str], found: dict[int, Any], missing: list[int], fresh: list[str]) -> list[str]:
+        if len(fresh) != len(missing):
+            raise ValueError(f"back end returned {len(fresh)} samples for {len(missing)} requested")
+        self._put([(keys[i], text) for i, text in zip(missing, fresh, strict=True)])
+        found.update(zip(missing, fresh, strict=True))
+        return [found[i] for i in range(len(keys))]
+
+    async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
+        """Cached per sample index; only missing samples are generated."""
+        keys = self._sample_keys(messages, params)
+        found, missing = self._lookup(keys)
+        fresh = await self.inner.generate(messages, dataclasses.replace(params, n=len(missing))) if missing else []
+        return self._store(keys, found, missing, fresh)
+
+    async def generate_batch(self, requests: Sequence[tuple[Sequence[Message], GenerateParams]]) -> list[list[str]]:
+        """`generate` for many chats at once, cached per request and sample; only the misses go to the back end."""
+        keys = [self._sample_keys(m, p) for m, p in requests]
+        looked = [self._lookup(k) for k in keys]
+        asks = [(m, dataclasses.replace(p, n=len(miss))) for (m, p), (_, miss) in zip(requests, looked, strict=True)
+                if miss]  # fmt: skip
+        answers = iter(await self.inner.generate_batch(asks) if asks else [])  # type: ignore[attr-defined]
+        return [self._store(k, found, miss, next(answers) if miss else []) for k, (found, miss) in zip(keys, looked,
+                strict=True)]  # fmt: skip
 
     async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Cached when `cache_logprobs` is set."""

@@ -94,6 +94,10 @@ class ManagedBackend:
         """The inner back end's prompt_logprobs, under the limits."""
         return await self.call(lambda: self.inner.prompt_logprobs(prompt, top_k, include))
 
+    async def generate_batch(self, requests: Sequence[tuple[Sequence[Message], GenerateParams]]) -> list[list[str]]:
+        """The inner back end's batched generate (GENERATE_BATCH), under the limits, as one call."""
+        return await self.call(lambda: self.inner.generate_batch(requests))  # type: ignore[attr-defined]
+
     async def aclose(self) -> None:
         """Close the inner back end."""
         await self.inner.aclose()

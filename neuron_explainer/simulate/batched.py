@@ -12,11 +12,12 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from neuron_explainer.datatypes import Failure, Simulation
 from neuron_explainer.errors import NeuronExplainerError
 from neuron_explainer.llm.base import Capability, CapabilityError, SlotError, SlotRequest, require
+from neuron_explainer.llm.coalesce import Coalescer
 from neuron_explainer.prompts.formatting import UNKNOWN
 from neuron_explainer.simulate.parse import AllAtOncePrompt, SimulationParseError, build_all_at_once_prompt
 from neuron_explainer.simulate.simulator import SimulatorSetup, simulate_all_at_once
@@ -100,39 +101,10 @@ async def _by_slots(
     return out
 
 
-@dataclass
-class SlotBatcher:
-    """Coalesces the simulations that concurrent units ask for into shared batched calls.
+def slot_batcher(setup: SimulatorSetup) -> Coalescer[SimulationItem, Simulation | Failure]:
+    """Coalesces the simulations that concurrent units ask for into shared batched slot scoring."""
 
-    The simulate stage keeps several units (explanations, of any neurons) in flight; each submits its
-    excerpts and awaits them. Submissions that arrive before the event loop next turns are scored
-    together, so one forward pass serves excerpts of many neurons.
-    """
+    async def flush(items: list[SimulationItem]) -> list[Simulation | Failure]:
+        return await simulate_all_at_once_batch(items, setup)
 
-    setup: SimulatorSetup
-    queue: list[tuple[list[SimulationItem], asyncio.Future]] = field(default_factory=list)
-    calls: int = 0
-    """Batched calls made."""
-
-    async def submit(self, items: Sequence[SimulationItem]) -> list[Simulation | Failure]:
-        """Simulate these pairs together with whatever the other units submit meanwhile."""
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.queue.append((list(items), future))
-        if len(self.queue) == 1:
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return await future
-
-    async def _flush(self) -> None:
-        pending, self.queue = self.queue, []
-        flat = [item for items, _ in pending for item in items]
-        try:
-            self.calls += 1
-            results = await simulate_all_at_once_batch(flat, self.setup)
-        except Exception as e:  # noqa: BLE001 - handed to every waiting unit, which decides what it means
-            for _, future in pending:
-                future.set_exception(e)
-            return
-        start = 0
-        for items, future in pending:
-            future.set_result(results[start : start + len(items)])
-            start += len(items)
+    return Coalescer(flush)

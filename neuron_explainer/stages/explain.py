@@ -7,11 +7,15 @@ whole on the next run, where the response cache replays the samples that succeed
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from neuron_explainer.config.sections import ExplainConfig
 from neuron_explainer.datatypes import Failure
 from neuron_explainer.errors import ConfigError
-from neuron_explainer.explain.explainer import explain
-from neuron_explainer.llm.base import Capability, require
+from neuron_explainer.explain.explainer import explanation_request, parse_explanations
+from neuron_explainer.llm.base import Capability, GenerateParams, Message, require
+from neuron_explainer.llm.coalesce import Coalescer
 from neuron_explainer.prompts.templates import load_explainer_template
 from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.splits import N_EXPLAIN_RECORDS, top_split
@@ -20,6 +24,25 @@ from neuron_explainer.records.tables import explanation_id, explanation_row, fai
 from neuron_explainer.records.views import apply_view
 from neuron_explainer.selection import SPEC_HELP
 from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitResult, run_units
+
+
+def batched_generate(
+    backend: Any, cfg: ExplainConfig
+) -> Callable[[list[Message], GenerateParams], Awaitable[list[str]]]:
+    """How a unit asks for its samples: alone, or coalesced with the other units' into one batched call.
+
+    Batched generation (the local back end) is used for greedy decoding only: at temperature 0 it gives
+    exactly the one-by-one texts, while sampled texts would depend on which neurons share a batch.
+    """
+    if Capability.GENERATE_BATCH not in backend.capabilities or cfg.temperature != 0:
+        return backend.generate
+    coalescer: Coalescer[tuple[list[Message], GenerateParams], list[str]] = Coalescer(backend.generate_batch)
+
+    async def generate(messages: list[Message], params: GenerateParams) -> list[str]:
+        (texts,) = await coalescer.submit([(messages, params)])
+        return texts
+
+    return generate
 
 
 async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
@@ -44,10 +67,12 @@ async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
     todo = [(layer, n) for layer, n in neurons if (layer, n, explainer, template.version) not in done_keys]
     report = StageReport("explain", planned=len(neurons), skipped_done=len(neurons) - len(todo))
 
+    generate = batched_generate(backend, cfg)
+
     async def work(unit: tuple[int, int]) -> UnitResult:
         layer, neuron = unit
         records = top_split(load_neuron_record(store.root, layer, neuron).most_positive_activation_records, "train")
-        results = await explain(
+        messages, params = explanation_request(
             [apply_view(r, template.view) for r in records[:N_EXPLAIN_RECORDS]],
             backend,
             template,
@@ -56,6 +81,7 @@ async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
             max_tokens=cfg.max_tokens,
             seed=cfg.seed,
         )
+        results = parse_explanations(await generate(messages, params), template)
         rows, failures = [], []
         for i, result in enumerate(results):
             if isinstance(result, Failure):

@@ -29,7 +29,7 @@ from neuron_explainer.records.tables import (
 )
 from neuron_explainer.records.views import apply_view
 from neuron_explainer.scoring.calibration import calibration_columns
-from neuron_explainer.simulate.batched import SlotBatcher
+from neuron_explainer.simulate.batched import slot_batcher
 from neuron_explainer.simulate.methods import METHODS, SimulationMethod, require_method
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import SimulatorSetup
@@ -109,7 +109,7 @@ class _UnitSimulator:
         self.store, self.cfg, self.m, self.setups = store, cfg, m, setups
         batched = m is METHODS["all_at_once"]
         self.batchers = {
-            view: SlotBatcher(setup)
+            view: slot_batcher(setup)
             for view, setup in setups.items()
             if batched and Capability.SLOT_LOGPROBS in setup.backend.capabilities
         }

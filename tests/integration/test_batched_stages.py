@@ -1,4 +1,4 @@
-"""The simulate stage batches excerpts of several explanations (and neurons) into shared forward passes on the
+"""The simulate and explain stages batch the work of several units into shared forward passes on the local
 local back end, and its tables equal one prompt at a time."""
 
 from __future__ import annotations
@@ -52,3 +52,46 @@ def test_batched_stage_equals_one_prompt_at_a_time(run: RunStore, tmp_path) -> N
     for x, y in zip(a.expected_values, b.expected_values, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-4)
     np.testing.assert_allclose(a.calibration_slope.astype(float), b.calibration_slope.astype(float), rtol=1e-3)
+
+
+class CountingGenerate(LocalBackend):
+    """The local back end, counting batched generate calls; `batch=False` hides the capability."""
+
+    def __init__(self, *args, batch: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_calls = 0
+        if not batch:
+            self.capabilities = self.capabilities - {Capability.GENERATE_BATCH}
+
+    async def generate_batch(self, requests):
+        self.batch_calls += 1
+        return await super().generate_batch(requests)
+
+
+def test_explain_stage_batches_greedy_generation_and_caches_it(run: RunStore, tmp_path) -> None:  # noqa: F811
+    import shutil
+
+    other = RunStore(tmp_path / "copy")
+    shutil.copytree(run.root, other.root)
+
+    def backend(batch: bool) -> CountingGenerate:
+        tokenizer, vocab = make_label_tokenizer()
+        return CountingGenerate(make_model("llama", vocab, positions=1024), tokenizer, model_name="t", batch=batch)
+
+    greedy = {"explain": {"temperature": 0.0, "max_tokens": 6}, "llm": {"max_in_flight": 4, "cache": True}}
+    batched, single = backend(True), backend(False)
+    first = run_stage("explain", cfg_for(run, NEURONS, **greedy), {"test:explainer": batched})
+    second = run_stage("explain", cfg_for(other, NEURONS, **greedy), {"test:explainer": single})
+    assert batched.batch_calls == 1 and single.batch_calls == 0  # three neurons, one batched call
+    a = read_table(run, "explanations").sort_values("explanation_id")
+    b = read_table(other, "explanations").sort_values("explanation_id")
+    fa = read_table(run, "failures").sort_values(["neuron"])
+    fb = read_table(other, "failures").sort_values(["neuron"])
+    assert first.completed + first.failed == second.completed + second.failed == 3
+    assert list(a.explanation) == list(b.explanation) and list(fa.raw) == list(fb.raw)  # identical texts
+    # a rerun replays from the cache: no new generation for the neurons already answered
+    shutil.rmtree(run.root / "explanations", ignore_errors=True)
+    shutil.rmtree(run.root / "failures", ignore_errors=True)
+    calls = batched.batch_calls
+    run_stage("explain", cfg_for(run, NEURONS, **greedy), {"test:explainer": batched})
+    assert batched.batch_calls == calls
