@@ -154,23 +154,15 @@ def parse_explanation(
     return f"{explanation_prefix} {phrase}" if explanation_prefix else phrase
 
 
-def explanation_request(
-    records: Sequence[ActivationRecord],
-    backend: LLMBackend,
-    template: ExplainerTemplate,
-    *,
-    n: int = 1,
-    temperature: float = 1.0,
-    max_tokens: int = 60,
-    seed: int | None = None,
-) -> tuple[list[Message], GenerateParams]:
-    """The chat and sampling settings that ask `backend` for `n` explanations of the records."""
+def explanation_messages(
+    records: Sequence[ActivationRecord], backend: LLMBackend, template: ExplainerTemplate
+) -> list[Message]:
+    """The chat that asks `backend` to explain the records (prefilled where the back end continues it)."""
     require(backend, Capability.GENERATE, "explanation")
     messages = build_explainer_messages(template, records)
     if getattr(backend, "supports_prefill", False):
         messages.append(Message("assistant", template.answer_prefix))  # the model completes the sentence
-    params = GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
-    return messages, params
+    return messages
 
 
 def parse_explanations(outputs: Sequence[str], template: ExplainerTemplate) -> list[str | Failure]:
@@ -200,7 +192,6 @@ async def explain(
     seed: int | None = None,
 ) -> list[str | Failure]:
     """Sample `n` explanations; each is a cleaned phrase or a typed parse Failure (never an empty string)."""
-    messages, params = explanation_request(
-        records, backend, template, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed
-    )
+    messages = explanation_messages(records, backend, template)
+    params = GenerateParams(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed, stop=("\n\n",))
     return parse_explanations(await backend.generate(messages, params), template)

@@ -13,7 +13,7 @@ from typing import Any
 from neuron_explainer.config.sections import ExplainConfig
 from neuron_explainer.datatypes import Failure
 from neuron_explainer.errors import ConfigError
-from neuron_explainer.explain.explainer import explanation_request, parse_explanations
+from neuron_explainer.explain.explainer import explanation_messages, parse_explanations
 from neuron_explainer.llm.base import Capability, GenerateParams, Message, require
 from neuron_explainer.llm.coalesce import Coalescer
 from neuron_explainer.prompts.templates import load_explainer_template
@@ -68,19 +68,15 @@ async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
     report = StageReport("explain", planned=len(neurons), skipped_done=len(neurons) - len(todo))
 
     generate = batched_generate(backend, cfg)
+    params = GenerateParams(
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature, n=cfg.n_samples, seed=cfg.seed, stop=("\n\n",)
+    )
 
     async def work(unit: tuple[int, int]) -> UnitResult:
         layer, neuron = unit
         records = top_split(load_neuron_record(store.root, layer, neuron).most_positive_activation_records, "train")
-        messages, params = explanation_request(
-            [apply_view(r, template.view) for r in records[:N_EXPLAIN_RECORDS]],
-            backend,
-            template,
-            n=cfg.n_samples,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-            seed=cfg.seed,
-        )
+        shown = [apply_view(r, template.view) for r in records[:N_EXPLAIN_RECORDS]]
+        messages = explanation_messages(shown, backend, template)
         results = parse_explanations(await generate(messages, params), template)
         rows, failures = [], []
         for i, result in enumerate(results):

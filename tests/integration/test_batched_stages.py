@@ -1,5 +1,5 @@
-"""The simulate and explain stages batch the work of several units into shared forward passes on the local
-local back end, and its tables equal one prompt at a time."""
+"""The simulate and explain stages batch the work of several units into shared forward passes on the
+local back end, and their tables equal one unit at a time."""
 
 from __future__ import annotations
 
