@@ -69,15 +69,17 @@ def run(
     dry_run: Annotated[
         bool, Opt("--dry-run", help="Print the plan (calls, tokens, time, storage, cost) and stop.")
     ] = False,
+    shard: common.ShardOpt = None,
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Run the pipeline from a config: harvest, then explain, simulate and score the selected neurons.
 
     Revision, baselines and ablation run too when enabled in the config. Every stage resumes per unit.
+    With --shard, the harvest must be complete: the workers share it.
     """
     common.setup_logging(verbose)
     with common.user_errors():
-        cfg = common.build_config(config, overrides, {})
+        cfg = common.build_config(config, overrides, {"workers.shard": shard})
         if dry_run:
             from neuron_explainer.plan import format_plan, make_plan, model_shape
 

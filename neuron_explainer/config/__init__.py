@@ -15,7 +15,9 @@ from neuron_explainer.config.sections import (
     ReviseConfig,
     RunConfig,
     ScoreConfig,
+    Shard,
     SimulateConfig,
+    WorkersConfig,
     harvest_semantic_hash,
 )
 from neuron_explainer.datatypes import QUANTILES
@@ -35,7 +37,9 @@ __all__ = [
     "ReviseConfig",
     "RunConfig",
     "ScoreConfig",
+    "Shard",
     "SimulateConfig",
+    "WorkersConfig",
     "harvest_semantic_hash",
     "load_config",
     "parse_set_options",
