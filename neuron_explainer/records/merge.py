@@ -1,10 +1,10 @@
 """Merge runs into one: harvest shards, or runs of one harvest that wrote their stage tables separately.
 
-Harvest shards cover disjoint layer sets or disjoint ranges of one excerpt stream; runs of one harvest are
-workers that wrote separate directories. Harvest shards give exactly what one unsharded harvest writes: top-k, random and bucket samples are
-re-selected from the shards' kept records with the same ordering keys, and moments merge with Pébay's
-formulas. Runs of one harvest keep that harvest and join their stage tables by key (records/table_merge.py);
-so do layer shards, whose stage tables cover disjoint neurons.
+Harvest shards cover disjoint layer sets or disjoint ranges of one excerpt stream; they merge into exactly
+what one unsharded harvest writes: top-k, random and bucket samples are re-selected from the shards' kept
+records with the same ordering keys, and moments merge with Pébay's formulas. Runs of one harvest (workers
+that wrote separate directories) keep that harvest and join their stage tables by key
+(records/table_merge.py); so do layer shards, whose stage tables cover disjoint neurons.
 """
 
 from __future__ import annotations
