@@ -108,9 +108,10 @@ class Deps:
     ) -> Deps:
         """Dependencies for `config`; `backends` maps specs to ready back ends (tests inject fakes)."""
         notify = notify or logger.info
-        pool = BackendPool(
-            config.llm, RunStore(config.out).root / "cache" / "llm.sqlite", prebuilt=backends, notify=notify
-        )
+        shard = config.workers.shard
+        # one SQLite file per shard: a Slurm array's tasks do not contend for one database's lock
+        name = "llm.sqlite" if shard is None else f"llm-shard-{shard.index}-of-{shard.count}.sqlite"
+        pool = BackendPool(config.llm, RunStore(config.out).root / "cache" / name, prebuilt=backends, notify=notify)
         return cls(config, pool, progress, notify, force)
 
     def report_progress(self, stage: str, done: int, total: int) -> None:
