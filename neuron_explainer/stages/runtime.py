@@ -35,6 +35,8 @@ from neuron_explainer.stages.claims import ClaimState, UnitClaims
 
 logger = logging.getLogger(__name__)
 
+FIRST_RETRY_SECONDS = 0.05
+"""First wait before looking again at units other workers hold (it doubles up to the claims' poll interval)."""
 ProgressFn = Callable[[str, int, int], None]
 """(stage, units done, units planned)."""
 U = TypeVar("U")
@@ -176,8 +178,9 @@ class UnitResult:
 class UnitQueue(Generic[U]):
     """A stage's units for this worker, each handed out once, claimed first when claims are on.
 
-    A unit another live worker holds is set aside and looked at again every `poll_seconds` once the
-    others are handed out; one another worker finished or failed meanwhile is counted and dropped.
+    A unit another live worker holds is set aside and looked at again once the others are handed out,
+    after 50 ms, then twice as long each time nothing could be claimed, up to `poll_seconds`; one another
+    worker finished or failed meanwhile is counted and dropped.
     """
 
     def __init__(
@@ -193,7 +196,7 @@ class UnitQueue(Generic[U]):
         self.key, self.claims = key, claims
         self.report = report if report is not None else StageReport("units")
         self.poll_seconds = claims.poll_seconds if claims is not None else 1.0
-        self.retry_at = 0.0
+        self.retry_at, self.delay = 0.0, FIRST_RETRY_SECONDS
 
     @property
     def empty(self) -> bool:
@@ -220,7 +223,8 @@ class UnitQueue(Generic[U]):
             else:
                 self.report.other_workers += 1
         if not self.pending and self.waiting and now >= self.retry_at:
-            self.retry_at = now + self.poll_seconds
+            self.delay = FIRST_RETRY_SECONDS if got else min(2 * self.delay, self.poll_seconds)
+            self.retry_at = now + self.delay
         return got
 
     async def pause(self) -> None:
@@ -326,7 +330,7 @@ async def run_units(
                 await queue.pause()
                 start_more()
                 continue
-            timeout = queue.poll_seconds if queue.waiting else None
+            timeout = max(0.0, queue.retry_at - time.monotonic()) if queue.waiting else None
             finished, _ = await asyncio.wait(in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 unit = in_flight.pop(task)
