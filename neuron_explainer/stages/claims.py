@@ -3,7 +3,7 @@
 Files under `<run>/claims/<stage>/`:
 
     workers/<owner>   one per live worker. Its mtime is the worker's heartbeat, refreshed by a thread every
-                      quarter of the expiry; its text says who the worker is and when it started.
+                      quarter of the expiry; its text says which process it is.
     <unit>.<n>        a claim: a hard link to its owner's worker file, so it is exactly as fresh as its
                       owner. n is 0, or one more than the stale claim it took over.
     <unit>.done       the unit's rows were written before this file's mtime.
@@ -18,8 +18,9 @@ Done versus released: the owner writes the unit's rows, then `<unit>.done`, then
 looks for the done marker again after it has claimed a unit, so it never repeats a unit that another worker
 finished after it read the stage table: it registered (its start) before reading the table, so a marker
 older than its start is for rows it has read. A failed marker stops only workers that started before the
-failure (as a rerun, a later worker retries it). Markers that no live worker can need are removed as
-workers finish. The clocks of the machines sharing a filesystem must agree to within CLOCK_SLACK_SECONDS.
+failure (as a rerun, a later worker retries it). The last worker to leave a stage removes the markers.
+All the workers of a run must use the same expiry, and the clocks of the machines sharing the filesystem
+must agree to within CLOCK_SLACK_SECONDS.
 """
 
 from __future__ import annotations
@@ -99,11 +100,8 @@ class UnitClaims:
         """Register this worker and start its heartbeat thread."""
         (self.dir / "workers").mkdir(parents=True, exist_ok=True)
         self.worker_file.write_text(json.dumps({"owner": self.owner, "pid": os.getpid()}))
-        stat = self.worker_file.stat()
-        self.started, self._inode = stat.st_mtime, stat.st_ino
-        info = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started}
-        self.worker_file.write_text(json.dumps(info))
         self.heartbeat()
+        self.started = self.now()
         self._thread = threading.Thread(target=self._beat_loop, name=f"claims-{self.dir.name}", daemon=True)
         self._thread.start()
         return self
@@ -129,12 +127,14 @@ class UnitClaims:
         """Refresh this worker's file, and with it every claim it holds (they share its inode)."""
         try:
             os.utime(self.worker_file)
-            stat = self.worker_file.stat()
         except FileNotFoundError:
-            logger.warning("claims: %s was removed (did this worker stall past the claim expiry?)", self.worker_file)
-            return
+            # removed as dead: this worker stalled past the expiry, and its claims may be taken over. It
+            # registers again; its old claims are no longer its own (another inode), so their rows are dropped.
+            logger.warning("claims: %s was removed as dead; registering again", self.worker_file)
+            self.worker_file.write_text(json.dumps({"owner": self.owner, "pid": os.getpid()}))
+        stat = self.worker_file.stat()
         with self._lock:
-            self._beat = (stat.st_mtime, time.monotonic())
+            self._beat, self._inode = (stat.st_mtime, time.monotonic()), stat.st_ino
 
     def now(self) -> float:
         """Filesystem time now, as estimated from the last heartbeat (never ahead of it by more than the drift)."""
@@ -236,18 +236,25 @@ class UnitClaims:
         path.unlink(missing_ok=True)
 
     def cleanup(self) -> None:
-        """Remove dead workers' files and the markers no live worker can need (older than every live start)."""
-        now, starts = self.now(), []
+        """Remove dead workers' files and, if no worker is left, the markers no later worker can need.
+
+        A marker is needed by the live workers that started before it. The last worker to leave removes
+        every marker older than CLOCK_SLACK_SECONDS (a worker registering meanwhile started after them:
+        it reads their rows in the table), so one sweep per stage and batch stats the markers.
+        """
+        now, live = self.now(), 0
         workers = self.dir / "workers"
         for path in workers.iterdir() if workers.is_dir() else []:
             try:
                 if now - path.stat().st_mtime > self.expiry:
                     path.unlink(missing_ok=True)  # its claims stay until taken over
-                    continue
-                starts.append(float(json.loads(path.read_text())["started"]))
-            except (OSError, ValueError, KeyError):
-                continue  # registering right now: it starts after `now`, so it needs no older marker
-        cutoff = min([now, *starts]) - CLOCK_SLACK_SECONDS
+                else:
+                    live += 1
+            except FileNotFoundError:
+                continue
+        if live:
+            return
+        cutoff = now - CLOCK_SLACK_SECONDS
         with os.scandir(self.dir) as entries:
             for entry in entries:
                 if entry.name.endswith((".done", ".failed")):
