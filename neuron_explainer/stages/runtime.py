@@ -291,8 +291,7 @@ def flush_units(writer: PartWriter, queue: UnitQueue[Any], report: StageReport) 
     for (unit, result), kept in zip(buffered, keep, strict=True):
         queue.settle(unit, failed=bool(result.failures), lost=not kept)
         if not kept:
-            logger.warning("%s: another worker took over a unit this one held (stalled?); its rows are dropped",
-                           report.stage)  # fmt: skip
+            logger.warning("%s: another worker took over a unit this one held (stalled?); rows dropped", report.stage)
             _count(report, result, -1)
             report.other_workers += 1
 
