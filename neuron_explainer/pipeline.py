@@ -3,9 +3,10 @@
     harvest -> explain -> simulate -> (revise) -> (baselines) -> (output_tokens) -> score -> (ablate)
 
 The stages after the harvest run only when neurons are selected (`neurons:`); revise, baselines,
-output_tokens and ablate only when enabled in their sections. Every stage resumes per unit, so rerunning
-after a crash continues. A stage with more failures than `failure_budget` stops the run
-(FailureBudgetExceeded); its failures are stored.
+output_tokens and ablate only when enabled in their sections. With `workers.shard`, each stage after the
+harvest does its share of the units (the harvest must be complete: shards share it). Every stage resumes
+per unit, so rerunning after a crash continues. A stage with more failures than `failure_budget` stops
+the run (FailureBudgetExceeded); its failures are stored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from neuron_explainer.config.sections import RunConfig
+from neuron_explainer.errors import RunDirError
 from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.stages import STAGES, Deps, StageReport, check_failure_budget, stage_module
@@ -50,6 +52,12 @@ async def run_stages(
     """Run the enabled stages in order within the running event loop (see `run_pipeline`)."""
     store = RunStore(config.out)
     result = PipelineResult()
+    shard = config.workers.shard
+    if shard is not None and (store.read_manifest() or {}).get("status", {}).get("harvest") != "complete":
+        raise RunDirError(
+            f"workers.shard is {shard}, but {store.root} holds no complete harvest: harvest it first in one job "
+            "(`neuron-explainer harvest`, or `run` without a shard); the shards then share it"
+        )
     try:
         for name in stages_to_run(config):
             report = await stage_module(name).run(store, getattr(config, STAGES[name]), deps)

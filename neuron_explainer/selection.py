@@ -6,9 +6,15 @@ Specs, comma-separated parts mixed freely:
 - `all`: every harvested neuron;
 - `sample:N`: N neurons drawn uniformly (without replacement) from every harvested neuron, reproducible
   from the harvest seed, so a demo or a pilot study is an honest random sample, not a picked one.
+
+A worker's shard (`workers.shard`, `--shard i/N`) keeps the neurons whose stable hash is i mod N
+(`shard_of`), so every unit of a neuron, in every stage, falls to the same worker.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -67,3 +73,20 @@ def neurons_for_run(spec: str, manifest: dict) -> list[tuple[int, int]]:
     """`resolve_neurons` against a run's harvest manifest."""
     h = manifest["harvest"]
     return resolve_neurons(spec, list(h["layers"]), int(h["n_neurons"]), int(h["config"].get("seed", 0)))
+
+
+def shard_of(layer: int, neuron: int, count: int) -> int:
+    """The shard (0..count-1) of a neuron: a stable hash of (layer, neuron), the same on every machine and run."""
+    digest = hashlib.blake2b(f"{int(layer)}:{int(neuron)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def in_shard(pairs: Iterable[tuple[int, int]], index: int, count: int) -> list[bool]:
+    """For each (layer, neuron), whether it belongs to shard `index` of `count` (each distinct pair hashed once)."""
+    memo: dict[tuple[int, int], bool] = {}
+    out = []
+    for pair in pairs:
+        if pair not in memo:
+            memo[pair] = shard_of(pair[0], pair[1], count) == index
+        out.append(memo[pair])
+    return out

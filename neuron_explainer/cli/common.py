@@ -33,6 +33,14 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
 RunOpt = Annotated[str | None, typer.Option("--run", "--records", help="Run directory (a completed harvest).")]
 NeuronsOpt = Annotated[str | None, typer.Option(help="Neurons: 5:0-99, 5:3,7:10-12, layer:5, all, or sample:N.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debugging detail.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="This worker's share i/N of the units, by neuron (0 <= i < N), e.g. "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; sets workers.shard.",
+    ),
+]
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -93,16 +93,25 @@ def show(
 
 @app.command()
 def merge(
-    shards: Annotated[list[str], typer.Argument(help="Run directories of completed harvest shards.")],
+    shards: Annotated[list[str], typer.Argument(help="Run directories: harvest shards, or runs of one harvest.")],
     out_dir: Annotated[str, Opt("--out", help="New run directory for the merged result.")],
 ) -> None:
-    """Merge harvest shards (disjoint layers, or disjoint excerpt ranges) into one run, exactly."""
+    """Merge runs into one, exactly: harvest shards (disjoint layers or excerpt ranges), or runs of one harvest.
+
+    Runs of one harvest (workers that wrote separate directories) keep it and join their stage tables:
+    rows repeated under one key collapse, different rows under one key are refused.
+    """
     from neuron_explainer.records.merge import merge_runs
 
     common.setup_logging()
     with common.user_errors():
         manifest = merge_runs(shards, out_dir)
         h = manifest["harvest"]
+        rows = manifest.get("merged_rows")
+        if rows is not None:
+            joined = ", ".join(f"{name} {n:,}" for name, n in rows.items()) or "no stage rows"
+            say(f"merged the stage tables of {len(shards)} run(s) of one harvest ({joined}) -> {out_dir}")
+            return
         say(
             f"merged {len(shards)} shard(s): layers {h['layers']}, excerpts {h['result']['excerpt_range']} -> {out_dir}"
         )

@@ -103,7 +103,12 @@ def cost(prices: dict[str, Any], pool: Any) -> float | None:
 
 def print_report(report: StageReport, view: StageView | None = None) -> None:
     """One line saying what a stage did (with its LLM tokens when a view is open), then its first failures."""
-    line = f"{report.stage}: {report.completed} done, {report.skipped_done} already done, {report.failed} failed"
+    line = f"{report.stage}: {report.completed} done, {report.skipped_done} already done, "
+    if report.other_workers:
+        line += f"{report.other_workers} done by other workers, "
+    line += f"{report.failed} failed"
+    if report.taken_over:
+        line += f" ({report.taken_over} taken over from stopped workers)"
     if view is not None and view.pool is not None:
         prompt, completion = view.stage_tokens()
         line += f"; {prompt:,} prompt + {completion:,} completion tokens"

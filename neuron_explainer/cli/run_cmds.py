@@ -85,15 +85,17 @@ def run(
     calibrate: Annotated[
         bool, Opt("--calibrate", help="With --dry-run: time a short sample of each stage and project the run.")
     ] = False,
+    shard: common.ShardOpt = None,
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Run the pipeline from a config: harvest, then explain, simulate and score the selected neurons.
 
     Revision, baselines and ablation run too when enabled in the config. Every stage resumes per unit.
+    With --shard, the harvest must be complete: the workers share it.
     """
     common.setup_logging(verbose)
     with common.user_errors():
-        cfg = common.build_config(config, overrides, {})
+        cfg = common.build_config(config, overrides, {"workers.shard": shard})
         if dry_run:
             dry_run_plan(cfg, calibrate)
             return

@@ -62,12 +62,15 @@ def stage_command(
     overrides: list[str] | None,
     flags: dict[str, Any] | None = None,
     after: Callable[[RunConfig], None] | None = None,
+    shard: str | None = None,
+    report_after: Callable[[StageReport], None] | None = None,
 ) -> None:
     """What every stage command does: build the config from its flags, run the stage, then `after`."""
     common.setup_logging()
     with common.user_errors():
-        cfg = common.build_config(config, overrides, {"out": run_dir, "neurons": neurons, **(flags or {})})
-        common.run_stage(cfg, name)
+        flags = {"out": run_dir, "neurons": neurons, "workers.shard": shard, **(flags or {})}
+        cfg = common.build_config(config, overrides, flags)
+        common.run_stage(cfg, name, after=report_after)
         if after is not None:
             after(cfg)
 
@@ -78,12 +81,13 @@ def explain_cmd(
     neurons: common.NeuronsOpt = None,
     explainer: Annotated[str | None, Opt(help="local:<model> | openai:<model>@<url> | vllm:... | fake")] = None,
     n_samples: Annotated[int | None, Opt(help="Explanations per neuron.")] = None,
+    shard: common.ShardOpt = None,
     config: common.ConfigOpt = None,
     overrides: common.SetOpt = None,
 ) -> None:
     """Explain neurons from their top-activating excerpts (resumable: skips neurons already explained)."""
     flags = {"explain.explainer": explainer, "explain.n_samples": n_samples}
-    stage_command("explain", run_dir, neurons, config, overrides, flags)
+    stage_command("explain", run_dir, neurons, config, overrides, flags, shard=shard)
 
 
 @app.command("simulate")
@@ -92,19 +96,24 @@ def simulate_cmd(
     simulator: Annotated[str | None, Opt(help="local:<model> | openai:<model>@<url> | vllm:...")] = None,
     method: Annotated[str | None, Opt(help="all_at_once | one_at_a_time | logprob_free")] = None,
     neurons: common.NeuronsOpt = None,
+    shard: common.ShardOpt = None,
     config: common.ConfigOpt = None,
     overrides: common.SetOpt = None,
 ) -> None:
     """Simulate every explanation on its neuron's scoring excerpts (--method: all_at_once by default)."""
-    stage_command(
-        "simulate", run_dir, neurons, config, overrides, {"simulate.simulator": simulator, "simulate.method": method}
-    )
+    flags = {"simulate.simulator": simulator, "simulate.method": method}
+    stage_command("simulate", run_dir, neurons, config, overrides, flags, shard=shard)
 
 
 @app.command("score")
-def score_cmd(run_dir: common.RunOpt = None, config: common.ConfigOpt = None, overrides: common.SetOpt = None) -> None:
+def score_cmd(
+    run_dir: common.RunOpt = None,
+    shard: common.ShardOpt = None,
+    config: common.ConfigOpt = None,
+    overrides: common.SetOpt = None,
+) -> None:
     """Score simulations (pooled correlation: top-and-random and random-only) and print the table."""
-    stage_command("score", run_dir, None, config, overrides, after=print_scores)
+    stage_command("score", run_dir, None, config, overrides, after=print_scores, shard=shard)
 
 
 def plain_stage_command(name: str, help_text: str, after: Callable[[RunConfig], None] | None = None) -> None:
@@ -116,10 +125,11 @@ def plain_stage_command(name: str, help_text: str, after: Callable[[RunConfig], 
     def command(
         run_dir: common.RunOpt = None,
         neurons: common.NeuronsOpt = None,
+        shard: common.ShardOpt = None,
         config: common.ConfigOpt = None,
         overrides: common.SetOpt = None,
     ) -> None:
-        stage_command(name, run_dir, neurons, config, overrides, after=after)
+        stage_command(name, run_dir, neurons, config, overrides, after=after, shard=shard)
 
     app.command(name.replace("_", "-"), help=help_text)(command)
 
@@ -142,12 +152,10 @@ def ablate_cmd(
     run_dir: common.RunOpt = None,
     neurons: common.NeuronsOpt = None,
     device: Annotated[str | None, Opt(help="Device of the subject model (cpu, cuda).")] = None,
+    shard: common.ShardOpt = None,
     config: common.ConfigOpt = None,
     overrides: common.SetOpt = None,
 ) -> None:
     """Ablation-score calibrated simulations: replace the neuron by its simulation vs by its mean (resumable)."""
-    common.setup_logging()
-    with common.user_errors():
-        cfg = common.build_config(config, overrides, {"out": run_dir, "neurons": neurons, "subject_device": device})
-        common.run_stage(cfg, "ablate", after=print_ablation_cost)
-        print_scores(cfg)
+    flags = {"subject_device": device}
+    stage_command("ablate", run_dir, neurons, config, overrides, flags, print_scores, shard, print_ablation_cost)

@@ -16,7 +16,9 @@ from neuron_explainer.config.sections import (
     ReviseConfig,
     RunConfig,
     ScoreConfig,
+    Shard,
     SimulateConfig,
+    WorkersConfig,
     harvest_semantic_hash,
 )
 from neuron_explainer.datatypes import QUANTILES
@@ -37,7 +39,9 @@ __all__ = [
     "ReviseConfig",
     "RunConfig",
     "ScoreConfig",
+    "Shard",
     "SimulateConfig",
+    "WorkersConfig",
     "harvest_semantic_hash",
     "load_config",
     "parse_set_options",

@@ -266,6 +266,54 @@ class LLMConfig(FrozenConfig):
     """Also cache prompt logprobs (large: hundreds of KB per simulated excerpt)."""
 
 
+class Shard(FrozenConfig):
+    """One worker's share of every stage after the harvest: the neurons whose stable hash is `index` mod `count`.
+
+    Written `i/N` in YAML, `--set` and `--shard` (e.g. `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`).
+    """
+
+    index: int = Field(ge=0)
+    """This worker's shard, 0-based."""
+    count: int = Field(ge=1)
+    """How many shards the run is split into."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, dict | Shard):
+            return value
+        head, sep, tail = str(value).strip().partition("/")
+        if not (sep and head.strip().isdigit() and tail.strip().isdigit()):
+            raise ValueError("a shard looks like i/N with 0 <= i < N, e.g. 0/8")
+        return {"index": int(head), "count": int(tail)}
+
+    @model_validator(mode="after")
+    def _check(self) -> Shard:
+        if self.index >= self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: the index must be below the count (0 <= i < N)")
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class WorkersConfig(FrozenConfig):
+    """How several workers share a run: a shard of the units each, and unit claims in a shared run directory.
+
+    None of these changes a result (README "Many workers").
+    """
+
+    shard: Shard | None = None
+    """This worker's shard of every stage after the harvest (None: every unit). All the units of one
+    neuron fall in one shard."""
+    claim: bool = True
+    """Claim each unit under <run>/claims/<stage>/ before working on it, so that workers sharing the run
+    directory never do the same unit (off: one worker per directory or per shard)."""
+    claim_expiry_seconds: float = Field(default=300.0, gt=0)
+    """A claim not refreshed for this long belongs to a dead worker and is taken over. Live workers refresh
+    theirs every quarter of it; keep it well above a stalled filesystem's pauses."""
+
+
 class RunConfig(FrozenConfig):
     """One run: where it writes and each stage's settings."""
 
@@ -285,6 +333,8 @@ class RunConfig(FrozenConfig):
     revise: ReviseConfig = ReviseConfig()
     output_tokens: OutputTokensConfig = OutputTokensConfig()
     llm: LLMConfig = LLMConfig()
+    workers: WorkersConfig = WorkersConfig()
+    """Shards and unit claims, for several workers on one run (README "Many workers")."""
     subject_device: str = "cpu"
     """Device of the subject model when a stage after the harvest needs it (ablate, baselines, revise)."""
     prompts_dir: str | None = None

@@ -1,7 +1,10 @@
-"""Merge harvest shards (disjoint layer sets, or disjoint ranges of one excerpt stream) into one run.
+"""Merge runs into one: harvest shards, or runs of one harvest that wrote their stage tables separately.
 
-The result is exactly what one unsharded harvest writes: top-k, random and bucket samples are re-selected
-from the shards' kept records with the same ordering keys, and moments merge with Pébay's formulas.
+Harvest shards cover disjoint layer sets or disjoint ranges of one excerpt stream; they merge into exactly
+what one unsharded harvest writes: top-k, random and bucket samples are re-selected from the shards' kept
+records with the same ordering keys, and moments merge with Pébay's formulas. Runs of one harvest (workers
+that wrote separate directories) keep that harvest and join their stage tables by key
+(records/table_merge.py); so do layer shards, whose stage tables cover disjoint neurons.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.schema import RECORDS_WRITE_OPTIONS
 from neuron_explainer.records.store import RunStore, read_parquet, write_table_atomic
+from neuron_explainer.records.table_merge import link_or_copy, merge_stage_tables
+from neuron_explainer.records.tables import STAGE_TABLES, table_parts
 
 _SHARD_FIELDS = ("excerpt_range", "layers")
 
@@ -78,43 +83,46 @@ def _merge_stats(tables: list[pa.Table]) -> pa.Table:
     return stats_table(int(first["layer"][0].as_py()), merged, stacked)
 
 
+def _same_harvest(manifests: list[dict[str, Any]]) -> bool:
+    def ident(h: dict[str, Any]) -> tuple:
+        return (h.get("semantic_hash") or repr(h["config"]), h["layers"], h.get("result", {}).get("excerpt_range"))
+
+    return all(ident(m["harvest"]) == ident(manifests[0]["harvest"]) for m in manifests)
+
+
+def merge_same_harvest(stores: list[RunStore], manifests: list[dict[str, Any]], out: RunStore) -> dict[str, Any]:
+    """Runs of one harvest: the harvest (linked, or copied) and the join of their stage tables into `out`."""
+    counts = merge_stage_tables(stores, out)  # refuses conflicts before the harvest is linked
+    first = stores[0]
+    for path in sorted(first.excerpts_dir.glob("part-*.parquet")):
+        link_or_copy(path, out.excerpts_dir / path.name)
+    for folder in ("records", "neuron_stats"):
+        for path in sorted((first.root / folder).glob("layer-*.parquet")):
+            link_or_copy(path, out.root / folder / path.name)
+    manifest = {**manifests[0], "stage_tables_merged_from": [str(s.root) for s in stores], "merged_rows": counts}
+    out.write_manifest(manifest)
+    return manifest
+
+
 def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """Merge completed harvest shards into `out`; returns the merged manifest.
+    """Merge completed harvest shards, or runs of one harvest, into `out`; returns the merged manifest.
 
     Raises:
         RunDirError: a shard is incomplete, the shards' configs differ in more than layers and excerpt
-            range, or they overlap, or they are neither layer shards nor excerpt-range shards.
+            range, or they overlap, or they are neither layer shards nor excerpt-range shards (nor runs
+            of one harvest); excerpt-range shards hold stage tables; stage tables hold conflicting rows.
     """
     stores = [RunStore(s) for s in shards]
     manifests = [s.require_harvest() for s in stores]
-    configs = [HarvestConfig.model_validate(m["harvest"]["config"]) for m in manifests]
-    base = configs[0]
-    for cfg, store in zip(configs[1:], stores[1:], strict=True):
-        if harvest_semantic_hash(cfg.model_copy(update={f: None for f in _SHARD_FIELDS})) != harvest_semantic_hash(
-            base.model_copy(update={f: None for f in _SHARD_FIELDS})
-        ):
-            raise RunDirError(f"{store.root} was harvested with another config than {stores[0].root}")
-    layer_sets = [m["harvest"]["layers"] for m in manifests]
-    ranges = [tuple(m["harvest"]["result"]["excerpt_range"]) for m in manifests]
     out_store = RunStore(out)
     if out_store.manifest_path.exists():
         raise RunDirError(f"{out_store.root} already holds a run; merge into a new directory")
-    if all(r == ranges[0] for r in ranges) and len({tuple(ls) for ls in layer_sets}) == len(layer_sets):
-        if len({layer for ls in layer_sets for layer in ls}) != sum(len(ls) for ls in layer_sets):
-            raise RunDirError("layer shards overlap")
-        mode = "layers"
-    elif all(ls == layer_sets[0] for ls in layer_sets):
-        mode = "excerpts"
-        ordered = sorted(zip(ranges, stores, manifests, strict=True), key=lambda x: x[0][0])
-        for (r1, _, _), (r2, _, _) in zip(ordered, ordered[1:], strict=False):
-            if r1[1] != r2[0]:
-                raise RunDirError(f"excerpt-range shards must be contiguous and disjoint; got {r1} then {r2}")
-        stores = [s for _, s, _ in ordered]
-        manifests = [m for _, _, m in ordered]
-        ranges = [r for r, _, _ in ordered]
-    else:
-        raise RunDirError("shards must differ only in layers (same excerpts) or only in excerpt range (same layers)")
-
+    if _same_harvest(manifests):
+        return merge_same_harvest(stores, manifests, out_store)
+    mode, stores, manifests = _shard_mode(stores, manifests)
+    base = HarvestConfig.model_validate(manifests[0]["harvest"]["config"])
+    layer_sets = [m["harvest"]["layers"] for m in manifests]
+    ranges = [tuple(m["harvest"]["result"]["excerpt_range"]) for m in manifests]
     out_store.root.mkdir(parents=True, exist_ok=True)
     layers = sorted({layer for ls in layer_sets for layer in ls})
     for layer in layers:
@@ -155,8 +163,49 @@ def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         },
     )
     manifest = {**first, "harvest": harvest, "status": {"harvest": "complete"}}
+    if mode == "layers":
+        merge_stage_tables(stores, out_store)
     out_store.write_manifest(manifest)
     return manifest
+
+
+def _shard_mode(
+    stores: list[RunStore], manifests: list[dict[str, Any]]
+) -> tuple[str, list[RunStore], list[dict[str, Any]]]:
+    """Whether the shards split layers or excerpt ranges; the stores and manifests in merge order.
+
+    Raises:
+        RunDirError: configs differ in more than layers and excerpt range, shards overlap or leave gaps,
+            excerpt-range shards hold stage tables, or the shards are neither kind.
+    """
+    configs = [HarvestConfig.model_validate(m["harvest"]["config"]) for m in manifests]
+    base_hash = harvest_semantic_hash(configs[0].model_copy(update={f: None for f in _SHARD_FIELDS}))
+    for cfg, store in zip(configs[1:], stores[1:], strict=True):
+        if harvest_semantic_hash(cfg.model_copy(update={f: None for f in _SHARD_FIELDS})) != base_hash:
+            raise RunDirError(f"{store.root} was harvested with another config than {stores[0].root}")
+    layer_sets = [m["harvest"]["layers"] for m in manifests]
+    ranges = [tuple(m["harvest"]["result"]["excerpt_range"]) for m in manifests]
+    if all(r == ranges[0] for r in ranges) and len({tuple(ls) for ls in layer_sets}) == len(layer_sets):
+        if len({layer for ls in layer_sets for layer in ls}) != sum(len(ls) for ls in layer_sets):
+            raise RunDirError("layer shards overlap")
+        return "layers", stores, manifests
+    if not all(ls == layer_sets[0] for ls in layer_sets):
+        raise RunDirError(
+            "shards must differ only in layers (same excerpts) or only in excerpt range (same layers), or be "
+            "runs of one harvest"
+        )
+    ordered = sorted(zip(ranges, stores, manifests, strict=True), key=lambda x: x[0][0])
+    for (r1, _, _), (r2, _, _) in zip(ordered, ordered[1:], strict=False):
+        if r1[1] != r2[0]:
+            raise RunDirError(f"excerpt-range shards must be contiguous and disjoint; got {r1} then {r2}")
+    stores = [s for _, s, _ in ordered]
+    with_tables = [str(st.root) for st in stores if any(table_parts(st, name) for name in STAGE_TABLES)]
+    if with_tables:
+        raise RunDirError(
+            f"{', '.join(with_tables)} hold stage tables, which excerpt-range shards cannot share (their "
+            "records differ from the merged run's): merge the harvests, then explain the merged run"
+        )
+    return "excerpts", stores, [m for _, _, m in ordered]
 
 
 def _mk(path: Path) -> Path:

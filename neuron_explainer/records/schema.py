@@ -95,6 +95,15 @@ def table_schema(name: str, activation: pa.DataType = DEFAULT_ACTIVATION) -> pa.
     return pa.schema(fields, metadata={"table": name, "description": spec["description"]})
 
 
+def table_key(name: str) -> list[str]:
+    """The columns that identify a row of stage table `name` (no two rows of a run share them).
+
+    Raises:
+        KeyError: `name` declares no key (harvest tables).
+    """
+    return list(table_specs()[name]["key"])
+
+
 def table_description(name: str) -> str:
     """What one row of table `name` is."""
     return str(table_specs()[name]["description"])

@@ -24,14 +24,13 @@ from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import (
     ablation_row,
     failure_row,
-    only_neurons,
     read_table,
     without_baselines,
     write_part,
 )
 from neuron_explainer.scoring.ablation import Ablator, NeuronAblation, ablation_score, score_ablations
 from neuron_explainer.scoring.scorers import SCORERS, pick
-from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
 
 
 def groups_of(units: list[dict[str, Any]], max_excerpts: int) -> list[list[dict[str, Any]]]:
@@ -58,9 +57,9 @@ def _refuse(report: StageReport, fails: list[dict], layer: int, neuron: int, eid
     report.failures.append(f"{layer}:{neuron} {kind}: {msg}")
 
 
-def plan_units(store: RunStore, selected: set[tuple[int, int]] | None, report: StageReport) -> tuple[list, list]:
-    """The units to ablate, and failure rows for explanations that cannot be."""
-    sims = only_neurons(read_table(store, "simulations"), selected)
+def plan_units(store: RunStore, deps: Deps, report: StageReport) -> tuple[list, list]:
+    """The units to ablate (of this worker's neurons), and failure rows for explanations that cannot be."""
+    sims = deps.restrict(store, read_table(store, "simulations"))
     expl = read_table(store, "explanations")
     expl = expl[expl["round"] == 1]  # revision rounds are scored in revision_scores, not ablated
     sims = sims[(sims.split == "valid") & sims.explanation_id.isin(set(expl.explanation_id))]
@@ -69,7 +68,7 @@ def plan_units(store: RunStore, selected: set[tuple[int, int]] | None, report: S
     done_keys = set(zip(done.explanation_id, done.simulator, strict=True))
     units: list[dict[str, Any]] = []
     fails: list[dict[str, Any]] = []
-    wanted = only_neurons(without_baselines(expl), selected)
+    wanted = deps.restrict(store, without_baselines(expl))
     for row in wanted[~wanted.explanation_id.isin(set(sims.explanation_id))].itertuples():
         report.planned += 1
         message = f"explanation {row.explanation_id} has no simulation to ablate: run `simulate` first"
@@ -106,7 +105,13 @@ def plan_units(store: RunStore, selected: set[tuple[int, int]] | None, report: S
                 "values": values,
             }
         )
+    units.sort(key=lambda u: (u["layer"], u["neuron"], u["explanation_id"]))  # the order groups_of uses
     return units, fails
+
+
+def unit_key(unit: dict[str, Any]) -> tuple[int, int, str, str]:
+    """What identifies an ablation unit (and its claim)."""
+    return unit["layer"], unit["neuron"], unit["explanation_id"], unit["simulator"]
 
 
 def ablate_group(store: RunStore, ablator: Ablator, prefix: list[int], group: list[dict[str, Any]]) -> list[dict]:
@@ -147,21 +152,37 @@ def ablate_group(store: RunStore, ablator: Ablator, prefix: list[int], group: li
 
 
 async def run(store: RunStore, cfg: AblateConfig, deps: Deps) -> StageReport:
-    """Ablation scores (every scorer) of every calibrated simulation not yet scored (of the selected neurons)."""
+    """Ablation scores (every scorer) of every calibrated simulation not yet scored (of this worker's neurons).
+
+    Units are claimed one by one and grouped as they are claimed, so that workers sharing the run never
+    ablate the same explanation; a group's scores are written before the next group starts.
+    """
     store.require_harvest()
-    selected = deps.selected(store)
     report = StageReport("ablate")
-    units, fails = plan_units(store, set(selected) if selected is not None else None, report)
-    write_part(store, "failures", fails)
-    if not units:
-        report.details = {"clean_excerpt_forwards": 0, "replaced_excerpt_forwards": 0, "units": 0}
-        return report
-    subject = deps.subject(store)
-    ablator = Ablator(subject.model, subject.source, batch_rows=cfg.batch_rows)
-    for group in groups_of(units, cfg.max_excerpts):
-        write_part(store, "ablation_scores", ablate_group(store, ablator, subject.prefix, group))
-        report.completed += len(group)
-        deps.report_progress("ablate", report.completed, len(units))
+    with deps.claims(store, "ablate") as claims:  # registered before reading what is done
+        units, fails = plan_units(store, deps, report)
+        write_part(store, "failures", fails)
+        if not units:
+            report.details = {"clean_excerpt_forwards": 0, "replaced_excerpt_forwards": 0, "units": 0}
+            return report
+        subject = deps.subject(store)
+        ablator = Ablator(subject.model, subject.source, batch_rows=cfg.batch_rows)
+
+        def work(group: list[dict[str, Any]]) -> list[UnitResult]:
+            rows = ablate_group(store, ablator, subject.prefix, group)
+            by_unit: dict[tuple, list[dict]] = {}
+            for row in rows:
+                by_unit.setdefault(unit_key(row), []).append(row)
+            return [UnitResult({"ablation_scores": by_unit[unit_key(u)]}) for u in group]
+
+        def fits(group: list[dict[str, Any]], unit: dict[str, Any]) -> bool:
+            return len(groups_of([*group, unit], cfg.max_excerpts)) == 1
+
+        queue = UnitQueue(
+            units, lambda u: (u["layer"], u["neuron"], u["explanation_id"], u["simulator"]), claims, report
+        )
+        writer = PartWriter(store, "ablation_scores")
+        await run_batches(queue, work, report=report, writer=writer, size=len(units), fits=fits, progress=deps.progress)
     report.details = {
         "clean_excerpt_forwards": ablator.counts.clean_rows,
         "replaced_excerpt_forwards": ablator.counts.ablated_rows,

@@ -27,11 +27,9 @@ from neuron_explainer.records.tables import (
     explanation_row,
     read_table,
     simulation_rows,
-    write_part,
 )
 from neuron_explainer.scoring.calibration import calibration_columns
-from neuron_explainer.selection import SPEC_HELP
-from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
 
 PROMPT_VERSION = "baseline/v1"
 N_TOP_TOKENS = 8
@@ -118,60 +116,68 @@ def baseline_rows(
     return row, rows
 
 
-def _todo(store: RunStore, neurons: Sequence[tuple[int, int]], kinds: Sequence[str], report: StageReport) -> dict:
-    done = read_table(store, "explanations")
-    done_keys = set(zip(done.layer, done.neuron, done.explainer, strict=True))
-    todo: dict[int, dict[str, list[int]]] = {}
-    for layer, neuron in dict.fromkeys(neurons):
-        for kind in kinds:
-            report.planned += 1
-            if (layer, neuron, f"{BASELINE_PREFIX}{kind}") in done_keys:
-                report.skipped_done += 1
-            else:
-                todo.setdefault(layer, {}).setdefault(kind, []).append(neuron)
-    return todo
+def same_layer(batch: list[tuple[int, int, str]], unit: tuple[int, int, str]) -> bool:
+    """Whether a unit joins a batch of units: baselines are computed a layer at a time."""
+    return unit[0] == batch[0][0]
 
 
 async def run(store: RunStore, cfg: BaselinesConfig, deps: Deps) -> StageReport:
     """Compute the baselines of the selected neurons (skipping those that have them) and store them.
 
+    Units are (neuron, kind), claimed a layer at a time when workers share the run; the lookup tables of
+    every unit to do come from one pass over the held-out text first.
+
     Raises:
         ConfigError: no neurons are selected.
         CorpusError: the lookup baseline has no held-out text.
     """
-    neurons = deps.selected(store)
-    if not neurons:
-        raise ConfigError(f"no neurons selected: pass --neurons ({SPEC_HELP}) or set `neurons` in the config")
+    neurons = deps.require_selected(store)
     report = StageReport("baselines")
-    todo = _todo(store, neurons, cfg.kinds, report)
-    if not todo:
-        return report
-    subject = deps.subject(store)
-    if "weights" in cfg.kinds and subject.source.kind != "mlp":
-        raise ConfigError(
-            f"the weights baseline reads MLP weights; these features are {subject.source.kind}: "
-            "set baselines.kinds: [lookup]"
+    with deps.claims(store, "baselines") as claims:  # registered before reading what is done
+        done = read_table(store, "explanations")
+        done_keys = set(zip(done.layer, done.neuron, done.explainer, strict=True))
+        pairs = sorted(dict.fromkeys(neurons))
+        units = [(layer, neuron, f"{BASELINE_PREFIX}{kind}") for layer, neuron in pairs for kind in cfg.kinds]
+        todo = [u for u in units if u not in done_keys]
+        report.planned, report.skipped_done = len(units), len(units) - len(todo)
+        if not todo:
+            return report
+        subject = deps.subject(store)
+        if "weights" in cfg.kinds and subject.source.kind != "mlp":
+            raise ConfigError(
+                f"the weights baseline reads MLP weights; these features are {subject.source.kind}: "
+                "set baselines.kinds: [lookup]"
+            )
+        lookups = {}
+        lookup = [(layer, neuron) for layer, neuron, name in todo if name == f"{BASELINE_PREFIX}lookup"]
+        lookup_neurons: dict[int, Sequence[int]] = {
+            layer: [n for at, n in lookup if at == layer] for layer in sorted({layer for layer, _ in lookup})
+        }
+        if lookup_neurons:  # one pass over the held-out text for every layer
+            harvest = HarvestConfig.model_validate(store.require_harvest()["harvest"]["config"])
+            batches = held_out_batches(
+                harvest, subject.tokenizer, cfg.held_out_excerpts, cfg.batch_size, subject.prefix
+            )
+            lookups = token_lookups(subject.source, batches, lookup_neurons)
+
+        def work(batch: list[tuple[int, int, str]]) -> list[UnitResult]:
+            layer = batch[0][0]
+            weights = [n for _, n, name in batch if name == f"{BASELINE_PREFIX}weights"]
+            predictors: dict[str, Any] = {"lookup": lookups.get(layer)}
+            if weights:
+                predictors["weights"] = weight_token_predictions(subject.model, subject.source, layer, weights)
+            results = []
+            for _, neuron, name in batch:
+                kind = name.removeprefix(BASELINE_PREFIX)
+                column = weights.index(neuron) if kind == "weights" else 0
+                row, rows = baseline_rows(store, subject.tokenizer, layer, neuron, kind, predictors[kind], column)
+                results.append(UnitResult({"simulations": rows, "explanations": [row]}))
+            return results
+
+        queue = UnitQueue(todo, lambda u: u, claims, report)
+        # the explanation is written after its simulations: a crash leaves no explanation without them
+        writer = PartWriter(store, "explanations")
+        await run_batches(
+            queue, work, report=report, writer=writer, size=len(todo), fits=same_layer, progress=deps.progress
         )
-    harvest = HarvestConfig.model_validate(store.require_harvest()["harvest"]["config"])
-    lookup_neurons = {layer: k["lookup"] for layer, k in todo.items() if "lookup" in k}
-    lookups = {}
-    if lookup_neurons:  # one pass over the held-out text for every layer
-        batches = held_out_batches(harvest, subject.tokenizer, cfg.held_out_excerpts, cfg.batch_size, subject.prefix)
-        lookups = token_lookups(subject.source, batches, lookup_neurons)
-    for i, (layer, by_kind) in enumerate(sorted(todo.items()), 1):
-        predictors: dict[str, Any] = {}
-        if "weights" in by_kind:
-            predictors["weights"] = weight_token_predictions(subject.model, subject.source, layer, by_kind["weights"])
-        if "lookup" in by_kind:
-            predictors["lookup"] = lookups[layer]
-        expl_rows, sim_rows = [], []
-        for kind, predictor in predictors.items():
-            for column, neuron in enumerate(by_kind[kind]):
-                row, rows = baseline_rows(store, subject.tokenizer, layer, neuron, kind, predictor, column)
-                expl_rows.append(row)
-                sim_rows += rows
-                report.completed += 1
-        write_part(store, "simulations", sim_rows)  # simulations first: a crash leaves no
-        write_part(store, "explanations", expl_rows)  # explanation without its simulation
-        deps.report_progress("baselines", i, len(todo))
     return report

@@ -1,8 +1,9 @@
 """The explain stage: each selected neuron's train-split top records -> explanations (resumable).
 
-The unit is a neuron. A neuron is done when an explanation of it by the same explainer and prompt
-version exists; it is all-or-nothing over its samples (a failed sample fails the unit, which is retried
-whole on the next run, where the response cache replays the samples that succeeded).
+The unit is a neuron (claimed under <run>/claims/explain/ when workers share the run). A neuron is done
+when an explanation of it by the same explainer and prompt version exists; it is all-or-nothing over its
+samples (a failed sample fails the unit, which is retried whole on the next run, where the response cache
+replays the samples that succeeded).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 from neuron_explainer.config.sections import ExplainConfig
 from neuron_explainer.datatypes import Failure
-from neuron_explainer.errors import ConfigError
 from neuron_explainer.explain.explainer import explanation_messages, parse_explanations
 from neuron_explainer.llm.base import Capability, GenerateParams, Message, require
 from neuron_explainer.llm.coalesce import Coalescer
@@ -22,8 +22,7 @@ from neuron_explainer.records.splits import N_EXPLAIN_RECORDS, top_split
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import explanation_id, explanation_row, failure_row, params_hash, read_table
 from neuron_explainer.records.views import apply_view
-from neuron_explainer.selection import SPEC_HELP
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitResult, run_units
+from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_units
 
 
 def batched_generate(
@@ -52,9 +51,7 @@ async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
         ConfigError: no neurons are selected.
         CapabilityError: the explainer cannot generate (before any request).
     """
-    neurons = deps.selected(store)
-    if not neurons:
-        raise ConfigError(f"no neurons selected: pass --neurons ({SPEC_HELP}) or set `neurons` in the config")
+    neurons = deps.require_selected(store)
     template = load_explainer_template(deps.config.prompts_dir, cfg.prompt_version)
     backend = deps.llm.get(cfg.explainer)
     require(backend, Capability.GENERATE, "explain")
@@ -62,10 +59,6 @@ async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
     phash = params_hash(
         {"n": cfg.n_samples, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
     )
-    done = read_table(store, "explanations")
-    done_keys = set(zip(done.layer, done.neuron, done.explainer, done.prompt_version, strict=True))
-    todo = [(layer, n) for layer, n in neurons if (layer, n, explainer, template.version) not in done_keys]
-    report = StageReport("explain", planned=len(neurons), skipped_done=len(neurons) - len(todo))
 
     generate = batched_generate(backend, cfg)
     params = GenerateParams(
@@ -99,8 +92,19 @@ async def run(store: RunStore, cfg: ExplainConfig, deps: Deps) -> StageReport:
         # all or nothing: a neuron with a failed sample is retried whole (its other samples replay from the cache)
         return UnitResult(failures=failures) if failures else UnitResult({"explanations": rows})
 
-    writer = PartWriter(store, "explanations")
-    await run_units(
-        todo, work, report=report, writer=writer, max_in_flight=deps.config.llm.max_in_flight, progress=deps.progress
-    )
+    with deps.claims(store, "explain") as claims:  # registered before reading what is done
+        done = read_table(store, "explanations")
+        done_keys = set(zip(done.layer, done.neuron, done.explainer, done.prompt_version, strict=True))
+        todo = [(layer, n) for layer, n in neurons if (layer, n, explainer, template.version) not in done_keys]
+        report = StageReport("explain", planned=len(neurons), skipped_done=len(neurons) - len(todo))
+        queue = UnitQueue(todo, lambda u: (*u, explainer, template.version), claims, report)
+        writer = PartWriter(store, "explanations")
+        await run_units(
+            queue,
+            work,
+            report=report,
+            writer=writer,
+            max_in_flight=deps.config.llm.max_in_flight,
+            progress=deps.progress,
+        )
     return report

@@ -30,7 +30,6 @@ from neuron_explainer.records.tables import (
     SimulatedExcerpt,
     explanation_row,
     failure_row,
-    only_neurons,
     read_table,
     revision_score_row,
     simulation_rows,
@@ -50,7 +49,7 @@ from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.simulate.methods import RecordSimulator, require_method
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import SimulatorSetup
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitResult, run_units
+from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_units
 
 
 def random_active(record: NeuronRecord, top: float, n: int) -> list[ActivationRecord]:
@@ -59,14 +58,14 @@ def random_active(record: NeuronRecord, top: float, n: int) -> list[ActivationRe
     return [r for r in pool if not is_false_positive(r, top)][:n]
 
 
-def originals(store: RunStore, simulator: str, selected: list[tuple[int, int]] | None) -> Any:
-    """Round-1, current-token LLM explanations simulated on the valid split by `simulator`."""
+def originals(store: RunStore, simulator: str, deps: Deps) -> Any:
+    """Round-1, current-token LLM explanations of this worker's neurons simulated on the valid split by `simulator`."""
     explanations = without_baselines(read_table(store, "explanations"))
     sims = read_table(store, "simulations")
     sims = sims[(sims.split == "valid") & (sims.simulator == simulator)]
     picked = explanations[(explanations["round"] == 1) & (explanations.view == "current_token")]
     picked = picked[picked.explanation_id.isin(set(sims.explanation_id))]
-    return only_neurons(picked, set(selected) if selected is not None else None), sims
+    return deps.restrict(store, picked), sims
 
 
 def sentence_rows(unit: dict[str, Any], evidence: Evidence, top: float) -> list[dict[str, Any]]:
@@ -99,18 +98,20 @@ async def run(store: RunStore, cfg: ReviseConfig, deps: Deps) -> StageReport:
     require_method(s.method, setup)
     store.require_harvest()
     simulator = setup.name
-    units_df, sims = originals(store, simulator, deps.selected(store))
-    done = read_table(store, "revision_scores")
-    done_ids = set(done.original_explanation_id[done.simulator == simulator])
-    units = units_df.to_dict("records")
-    todo = [u for u in units if u["explanation_id"] not in done_ids]
-    report = StageReport("revise", planned=len(units), skipped_done=len(units) - len(todo))
-    original_sims = {eid: g for eid, g in sims.groupby("explanation_id")}
-    reviser = _Reviser(store, deps, cfg, explainer, RecordSimulator(setup, s.method), original_sims)
-    writer = PartWriter(store, "revision_scores")
-    await run_units(
-        todo, reviser.unit, report=report, writer=writer, max_in_flight=1, flush_every=1, progress=deps.progress
-    )
+    with deps.claims(store, "revise") as claims:  # registered before reading what is done
+        units_df, sims = originals(store, simulator, deps)
+        done = read_table(store, "revision_scores")
+        done_ids = set(done.original_explanation_id[done.simulator == simulator])
+        units = units_df.to_dict("records")
+        todo = [u for u in units if u["explanation_id"] not in done_ids]
+        report = StageReport("revise", planned=len(units), skipped_done=len(units) - len(todo))
+        original_sims = {eid: g for eid, g in sims.groupby("explanation_id")}
+        reviser = _Reviser(store, deps, cfg, explainer, RecordSimulator(setup, s.method), original_sims)
+        queue = UnitQueue(todo, lambda u: (u["layer"], u["neuron"], u["explanation_id"], simulator), claims, report)
+        writer = PartWriter(store, "revision_scores")
+        await run_units(
+            queue, reviser.unit, report=report, writer=writer, max_in_flight=1, flush_every=1, progress=deps.progress
+        )
     return report
 
 

@@ -1,8 +1,9 @@
 """The score stage: pooled correlation of every simulation with the true activations (no model, no LLM).
 
-The unit is an (explanation, simulator) pair of the valid split. Each registered scorer
-(scoring/scorers.py) pools its record kinds; a constant simulation is stored as undefined, with the
-reason, never as zero. `summary` joins the scores into one row per explanation for tables and the viewer.
+The unit is an (explanation, simulator) pair of the valid split, scored and written in batches (claimed
+first when workers share the run). Each registered scorer (scoring/scorers.py) pools its record kinds; a
+constant simulation is stored as undefined, with the reason, never as zero. `summary` joins the scores into
+one row per explanation for tables and the viewer.
 """
 
 from __future__ import annotations
@@ -13,42 +14,55 @@ from neuron_explainer.config.sections import ScoreConfig
 from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.splits import scoring_records
 from neuron_explainer.records.store import RunStore
-from neuron_explainer.records.tables import correlation_row, read_table, write_part
+from neuron_explainer.records.tables import correlation_row, read_table
 from neuron_explainer.records.views import apply_view
 from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.scoring.scorers import SCORERS, pick
-from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
+
+BATCH = 256
+"""Units scored and written per part file (and claimed at once)."""
 
 
 async def run(store: RunStore, cfg: ScoreConfig, deps: Deps) -> StageReport:
-    """Score every valid-split simulation not yet scored, with each of `cfg.scorers`."""
+    """Score every valid-split simulation (of this worker's shard) not yet scored, with each of `cfg.scorers`."""
     store.require_harvest()
-    sims = read_table(store, "simulations")
-    sims = sims[sims.split == "valid"]
-    done = read_table(store, "scores")
-    done_keys = set(zip(done.explanation_id, done.simulator, strict=True))
-    groups = [(key, g) for key, g in sims.groupby(["explanation_id", "simulator"]) if key not in done_keys]
-    report = StageReport("score", planned=len(groups) + len(done_keys), skipped_done=len(done_keys))
-    expl = read_table(store, "explanations")
-    views = dict(zip(expl.explanation_id, expl.view, strict=True))
-    rows = []
-    for (eid, simulator), g in groups:
-        layer, neuron = int(g.layer.iloc[0]), int(g.neuron.iloc[0])
-        view = views.get(eid, "current_token")
-        truth = {
-            (k, r.excerpt_id): apply_view(r, view).activations
-            for k, r in scoring_records(load_neuron_record(store.root, layer, neuron))
-        }
-        kinds, excerpts = list(g.record_kind), [int(e) for e in g.excerpt_id]
-        values = [list(v) for v in g.expected_values]
-        for scorer in cfg.scorers:
-            sel = pick(kinds, scorer)
-            score = score_correlation([truth[(kinds[i], excerpts[i])] for i in sel], [values[i] for i in sel])
-            rows.append(correlation_row(layer, neuron, eid, scorer, score, simulator=simulator))
-        report.completed += 1
-        deps.report_progress("score", report.completed, len(groups))
-    write_part(store, "scores", rows)
+    with deps.claims(store, "score") as claims:  # registered before reading what is done
+        sims = read_table(store, "simulations")
+        sims = deps.restrict(store, sims[sims.split == "valid"], by_selection=False)
+        done = read_table(store, "scores")
+        done_keys = set(zip(done.layer, done.neuron, done.explanation_id, done.simulator, strict=True))
+        groups = dict(iter(sims.groupby(["layer", "neuron", "explanation_id", "simulator"])))
+        todo = [key for key in groups if key not in done_keys]
+        report = StageReport("score", planned=len(groups), skipped_done=len(groups) - len(todo))
+        expl = read_table(store, "explanations")
+        views = dict(zip(expl.explanation_id, expl.view, strict=True))
+
+        def work(batch: list[tuple]) -> list[UnitResult]:
+            return [UnitResult({"scores": score_rows(store, cfg, key, groups[key], views)}) for key in batch]
+
+        queue = UnitQueue(todo, lambda key: key, claims, report)
+        await run_batches(queue, work, report=report, writer=PartWriter(store, "scores"), size=BATCH,
+                          progress=deps.progress)  # fmt: skip
     return report
+
+
+def score_rows(store: RunStore, cfg: ScoreConfig, key: tuple, g: pd.DataFrame, views: dict) -> list[dict]:
+    """The `scores` rows of one (explanation, simulator): one per scorer."""
+    layer, neuron, eid, simulator = int(key[0]), int(key[1]), key[2], key[3]
+    view = views.get(eid, "current_token")
+    truth = {
+        (k, r.excerpt_id): apply_view(r, view).activations
+        for k, r in scoring_records(load_neuron_record(store.root, layer, neuron))
+    }
+    kinds, excerpts = list(g.record_kind), [int(e) for e in g.excerpt_id]
+    values = [list(v) for v in g.expected_values]
+    rows = []
+    for scorer in cfg.scorers:
+        sel = pick(kinds, scorer)
+        score = score_correlation([truth[(kinds[i], excerpts[i])] for i in sel], [values[i] for i in sel])
+        rows.append(correlation_row(layer, neuron, eid, scorer, score, simulator=simulator))
+    return rows
 
 
 def summary(store: RunStore) -> pd.DataFrame:

@@ -22,7 +22,6 @@ from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import (
     SimulatedExcerpt,
     failure_row,
-    only_neurons,
     read_table,
     simulation_rows,
     without_baselines,
@@ -33,7 +32,7 @@ from neuron_explainer.simulate.batched import slot_batcher
 from neuron_explainer.simulate.methods import METHODS, SimulationMethod, require_method
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import SimulatorSetup
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitResult, run_units
+from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_units
 
 
 def templates_for(cfg: SimulateConfig, prompts_dir: str | None, views: set[str], m: SimulationMethod) -> dict:
@@ -69,10 +68,15 @@ async def run(store: RunStore, cfg: SimulateConfig, deps: Deps) -> StageReport:
     template = load_simulator_template(deps.config.prompts_dir, cfg.prompt_version)
     base = SimulatorSetup(deps.llm.get(cfg.simulator), template, max_level=cfg.max_level, top_k=cfg.top_k)
     m = require_method(cfg.method, base)
-    selected = deps.selected(store)
-    explanations = only_neurons(
-        without_baselines(read_table(store, "explanations")), set(selected) if selected is not None else None
-    )
+    with deps.claims(store, "simulate") as claims:  # registered before reading what is done
+        return await simulate_units(store, cfg, deps, base, m, claims)
+
+
+async def simulate_units(
+    store: RunStore, cfg: SimulateConfig, deps: Deps, base: SimulatorSetup, m: SimulationMethod, claims: Any
+) -> StageReport:
+    """Simulate the explanations of this worker's neurons not yet simulated by `base`'s simulator."""
+    explanations = deps.restrict(store, without_baselines(read_table(store, "explanations")))
     simulator = base.name
     done = read_table(store, "simulations")
     done_ids = set(done.explanation_id[done.simulator == simulator])
@@ -86,7 +90,7 @@ async def run(store: RunStore, cfg: SimulateConfig, deps: Deps) -> StageReport:
     unit_simulator = _UnitSimulator(store, cfg, m, setups)
     writer = PartWriter(store, "simulations")
     await run_units(
-        todo,
+        UnitQueue(todo, lambda u: (u["layer"], u["neuron"], u["explanation_id"], simulator), claims, report),
         unit_simulator.unit,
         report=report,
         writer=writer,

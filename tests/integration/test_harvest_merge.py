@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from neuron_explainer.cli import app
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.merge import merge_runs
+from neuron_explainer.records.store import RunStore
+from neuron_explainer.records.tables import explanation_row, read_table, write_part
 from neuron_explainer.stages.harvest import HarvestRun
 from tests.integration.test_harvest_reference import harvest_cfg
 
@@ -61,6 +63,10 @@ def test_excerpt_range_shards_merge_exactly(
     full = json.loads((full_run / "manifest.json").read_text())["harvest"]
     assert merged["semantic_hash"] == full["semantic_hash"]
     assert merged["semantic_hash"] == harvest_semantic_hash(HarvestConfig.model_validate(merged["config"]))
+    # an explanation of one shard's records says nothing about the merged records: refused
+    write_part(RunStore(shards[1]), "explanations", [explanation_row(0, 3, "x", explainer="e", prompt_version="v1")])
+    with pytest.raises(RunDirError, match="hold stage tables"):
+        merge_runs(shards, tmp_path / "refused")
 
 
 def test_layer_shards_merge_exactly(
@@ -68,8 +74,12 @@ def test_layer_shards_merge_exactly(
 ) -> None:
     for layer in (0, 1):
         HarvestRun(harvest_cfg(tiny_model_dirs["llama"], corpus_file, layers=[layer]), tmp_path / f"l{layer}").run()
+        row = explanation_row(layer, 3, f"layer {layer}", explainer="e", prompt_version="v1")
+        write_part(RunStore(tmp_path / f"l{layer}"), "explanations", [row])
     merge_runs([tmp_path / "l1", tmp_path / "l0"], tmp_path / "merged")
     assert_same_harvest(full_run, tmp_path / "merged")
+    # the layer shards' stage tables cover disjoint neurons: joined
+    assert sorted(read_table(RunStore(tmp_path / "merged"), "explanations").explanation) == ["layer 0", "layer 1"]
 
 
 def test_incompatible_shards_are_refused(
