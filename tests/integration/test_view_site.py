@@ -147,12 +147,18 @@ def test_revision_baselines_and_output_tokens_are_rendered(site: Path) -> None:
     assert "has no rows for this neuron" in (site / "neurons" / "0" / "3.html").read_text()  # table present
 
 
-def test_no_generated_file_names_an_external_url(site: Path) -> None:
+def external_urls(root: Path) -> list[str]:
+    """Every match of EXTERNAL in the files under `root` (or in the file `root`), as `path: match`."""
     offenders = []
-    for path in site.rglob("*"):
+    for path in [root] if root.is_file() else sorted(root.rglob("*")):
         if path.is_file():
             for m in EXTERNAL.finditer(path.read_text(encoding="utf-8")):
-                offenders.append(f"{path.relative_to(site)}: {m.group(0)}")
+                offenders.append(f"{path.relative_to(root.parent)}: {m.group(0)}")
+    return offenders
+
+
+def test_no_generated_file_names_an_external_url(site: Path) -> None:
+    offenders = external_urls(site)
     assert not offenders, offenders[:10]
 
 
