@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from neuron_explainer.cli import common
 from neuron_explainer.cli.common import app
-from neuron_explainer.cli.progress import say
+from neuron_explainer.cli.progress import out, say
 from neuron_explainer.errors import ConfigError
 
 Opt = typer.Option
@@ -42,6 +42,27 @@ def parse_tokens(text: str | None) -> list[str]:
     return tokens
 
 
+def summary_lines(page: Any) -> list[str]:
+    """What the page found, in a few lines for the terminal (the page has the rest)."""
+    s = page["saliency"].data
+    order = sorted(range(len(s.tokens)), key=lambda i: -abs(float(s.signed[i])))[:3]
+    salient = ", ".join(f"{s.tokens[i]!r} {float(s.signed[i]):+.3g}" for i in order)
+    lines = [
+        f"target {s.target_token!r} after {s.tokens[s.position]!r}: {s.output} {s.target_value:.4g}",
+        f"most salient ({s.method}): {salient}",
+    ]
+    r = page["rankings"].data
+    for w, token in enumerate(r.watch_tokens):
+        ranks = r.ranks[:, w]
+        first = next((int(layer) for layer, rank in zip(r.layers, ranks, strict=True) if rank == 1), None)
+        where = f"top-1 from layer {first}" if first is not None else f"best rank {int(ranks.min())}"
+        lines.append(f"watched {token!r}: rank {int(ranks[-1])} after the last layer, {where}")
+    if "firing" in page.views:
+        frame = page["firing"].data.frame
+        lines.append(f"explained neurons listed: {frame[['layer', 'neuron']].drop_duplicates().shape[0]}")
+    return lines
+
+
 @app.command("inspect")
 def inspect_cmd(
     text: Annotated[str, Opt(help="The prompt.")],
@@ -59,7 +80,7 @@ def inspect_cmd(
     factors: Annotated[int, Opt(help="NMF factors.")] = 5,
     top_k: Annotated[int, Opt(help="Tokens per logit-lens cell tooltip.")] = 5,
     device: Annotated[str, Opt(help="cpu, cuda, cuda:1, ...")] = "cpu",
-    dtype: Annotated[str, Opt(help="float32, bfloat16 or float16 (a run's model: the harvest's).")] = "float32",
+    dtype: Annotated[str | None, Opt(help="float32, bfloat16 or float16 (default: the run's, else float32).")] = None,
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Views of one prompt on one offline page: saliency, logit lens, rankings, attention, NMF, explained neurons."""
@@ -74,5 +95,7 @@ def inspect_cmd(
             head=parse_head(head), method=method, n_steps=steps, top_k=top_k, n_factors=factors, dtype=dtype,
             device=device, out=out_path,
         )  # fmt: skip
+        for line in summary_lines(page):
+            out.print(line, highlight=False, markup=False)
         size = out_path.stat().st_size
         say(f"wrote {out_path} ({size / 1024:.0f} KB): {', '.join(v.heading.lower() for v in page.views.values())}")

@@ -96,21 +96,21 @@ class InspectPage(HtmlView):
         return f"InspectPage({self.model_name!r}, {len(self.text)} chars, views: {', '.join(self.views)})"
 
 
-def load(model: ModelArg | None, run: RunNeurons | None, dtype: str, device: str) -> tuple[Any, Any, str]:
+def load(model: ModelArg | None, run: RunNeurons | None, dtype: str | None, device: str) -> tuple[Any, Any, str]:
     """(model, tokenizer, name): the given pair, or the spec (default: the run's model) loaded.
 
     Raises:
         ConfigError: neither a model nor a run.
         ModelError: the model cannot be loaded or its family is not supported.
     """
+    from neuron_explainer.inspect.family import check_model, load_model
+
     if model is None:
         if run is None:
             raise ConfigError("give a model (spec or (model, tokenizer)) or a run whose model to use")
-        model, dtype = run.model, run.dtype
-    from neuron_explainer.inspect.family import check_model, load_model
-
+        model, dtype = run.model, dtype or run.dtype
     if isinstance(model, str):
-        lm, tokenizer = load_model(model, dtype=dtype, device=device)
+        lm, tokenizer = load_model(model, dtype=dtype or "float32", device=device)
         return lm, tokenizer, model
     lm, tokenizer = model
     check_model(lm)
@@ -147,7 +147,7 @@ def inspect_page(
     top_k: int = 5,
     n_factors: int = 5,
     top_n: int = 5,
-    dtype: str = "float32",
+    dtype: str | None = None,
     device: str = "cpu",
     out: str | Path | None = None,
 ) -> InspectPage:
@@ -170,7 +170,7 @@ def inspect_page(
         top_k: Tokens per logit-lens cell tooltip.
         n_factors: NMF factors (at most one per token).
         top_n: Explained neurons listed per token.
-        dtype: Weights dtype when loading a model spec.
+        dtype: Weights dtype when loading a model spec; default: the harvest's for the run's model, else float32.
         device: Device when loading a model spec.
         out: Write the standalone page here.
 
@@ -182,6 +182,8 @@ def inspect_page(
     from neuron_explainer import inspect as nx_inspect
     from neuron_explainer.inspect.family import check_layer, encode
 
+    if run is not None and explained is not None:
+        raise ConfigError("give a run or a frame of explained neurons, not both")
     from_run = run_neurons(run) if run is not None else None
     lm, tokenizer, name = load(model, from_run, dtype, device)
     prompt = encode(lm, tokenizer, text)

@@ -2,7 +2,8 @@
 
 One function per panel, each a pure function of one result object from `neuron_explainer.inspect`; nothing is
 computed again here, values are only rounded for a short page (probabilities to 1e-4; other arrays to 4
-significant digits of their largest magnitude, through `neuron_data.compact`). The prompt's tokens travel once,
+significant digits of their largest magnitude, through `neuron_data.compact`; the probabilities of tokens and
+keys to 4 significant digits each). The prompt's tokens travel once,
 as `data.ex.prompt`, and the panels that show them as heatmaps use the `excerpts` renderer unchanged.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neuron_explainer.view.neuron_data import compact
+from neuron_explainer.view.summary import rounded as summary_rounded
 
 if TYPE_CHECKING:  # the inspect package imports torch; a page is built without it
     from neuron_explainer.inspect import (
@@ -51,8 +53,14 @@ def rounded(values: Any, scale: float | None = None) -> Any:
 
 
 def probabilities(values: Any) -> Any:
-    """Probabilities as nested lists rounded to 1e-4."""
+    """Probabilities as nested lists rounded to 1e-4 (attention: what is drawn as a line's opacity)."""
     return rounded(values, 0.1)
+
+
+def significant(values: Any) -> Any:
+    """Values as nested lists with 4 significant digits each: small probabilities of watched tokens stay readable."""
+    arr = np.asarray(values, dtype=np.float64)
+    return np.array([summary_rounded(v, 4) for v in arr.ravel().tolist()], dtype=object).reshape(arr.shape).tolist()
 
 
 def lower_triangle(square: np.ndarray) -> list[list[float | None]]:
@@ -90,10 +98,10 @@ def lens_data(lens: LogitLens, layers: list[int] | None = None) -> dict[str, Any
     return {
         "layers": [int(lens.layers[r]) for r in rows],
         "top": [lens.top_tokens[r] for r in rows],
-        "topp": probabilities(lens.top_probs[rows]),
+        "topp": significant(lens.top_probs[rows]),
         "watch": list(lens.watch_tokens),
         "ranks": lens.watch_ranks[rows].tolist(),
-        "wprobs": probabilities(lens.watch_probs[rows]),
+        "wprobs": significant(lens.watch_probs[rows]),
         "next": lens.next_ranks[rows].tolist(),
     }
 
@@ -105,7 +113,7 @@ def rankings_data(r: Rankings) -> dict[str, Any]:
         "layers": r.layers.tolist(),
         "watch": list(r.watch_tokens),
         "ranks": r.ranks.tolist(),
-        "probs": probabilities(r.probs),
+        "probs": significant(r.probs),
     }
 
 
@@ -173,7 +181,11 @@ def attention_data(a: AttentionMaps, layers: list[int] | None = None) -> dict[st
 
 
 def qk_data(n: NeuronView) -> dict[str, Any]:
-    """Queries, keys and products of one head (products at the view's query position), scores and probs."""
+    """Queries, keys and products of one head (products at the view's query position), scores and probs.
+
+    `dots` is every q·k (T, T), the one sum the page shows that the result holds only for the view's query
+    position (as `products.sum(-1)`): summing the rounded products in the page would drift.
+    """
     vectors = max(scale_of(n.queries), scale_of(n.keys))
     return {
         "layer": n.layer,
@@ -183,9 +195,10 @@ def qk_data(n: NeuronView) -> dict[str, Any]:
         "queries": rounded(n.queries, vectors),
         "keys": rounded(n.keys, vectors),
         "products": rounded(n.products),
+        "dots": rounded(n.queries.astype(np.float64) @ n.keys.T.astype(np.float64)),
         "scores": rounded(n.scores),
         "allowed": n.allowed.astype(int).tolist(),
-        "probs": probabilities(n.probs),
+        "probs": significant(n.probs),
         "scaling": n.scaling,
         "softcap": n.softcap,
         "window": n.sliding_window,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 from markupsafe import Markup, escape
 
+from neuron_explainer.errors import ConfigError
 from neuron_explainer.view import prompt_data
 from neuron_explainer.view.notebook import HtmlView
 
@@ -124,9 +125,26 @@ class PromptView(HtmlView):
         return f"{type(self).__name__}({len(self.tokens)} tokens)"
 
 
+def shown_layers(layers: Sequence[int] | None, available: Sequence[int]) -> list[int]:
+    """The layers a view shows: `layers` (all of `available` when None), each one of `available`.
+
+    Raises:
+        ConfigError: an empty list, or a layer the result does not have.
+    """
+    chosen = [int(x) for x in available] if layers is None else [int(x) for x in layers]
+    bad = [x for x in chosen if x not in set(available)]
+    if bad or not chosen:
+        raise ConfigError(f"cannot show layer(s) {bad or '[]'}: the result has layers {list(available)}")
+    return chosen
+
+
 def page_text(text: str) -> Any:
-    """Text for the page's markup, escaped, `/` included: a prompt naming a URL shows it without a page naming it."""
-    return Markup(str(escape(text)).replace("/", "&#47;"))
+    """Text for the page's markup, escaped, `/` and `:` included.
+
+    A prompt naming a URL shows it as text, and the page's source names no URL (the tests look for `http:` and
+    `//` anywhere).
+    """
+    return Markup(str(escape(text)).replace("/", "&#47;").replace(":", "&#58;"))
 
 
 def prompt_context(heading: str, subtitle: str, views: Sequence[PromptView]) -> dict[str, Any]:
@@ -170,8 +188,8 @@ class LogitLensView(PromptView, kind="lens"):
 
     def __init__(self, data: nxi.LogitLens, layers: Sequence[int] | None = None) -> None:
         super().__init__(data)
-        self.layers = None if layers is None else [int(x) for x in layers]
-        """The block indices shown (None: all)."""
+        self.layers = shown_layers(layers, data.layers.tolist())
+        """The block indices shown."""
 
     def panel_data(self) -> dict[str, Any]:
         """Top-k grid, watched ranks and next-token ranks of the shown layers."""
@@ -249,7 +267,7 @@ class AttentionView(PromptView, kind="attention"):
         self, data: nxi.AttentionMaps, layers: Sequence[int] | None = None, head: tuple[int, int] | None = None
     ) -> None:
         super().__init__(data)
-        self.layers = list(range(data.probs.shape[0])) if layers is None else [int(x) for x in layers]
+        self.layers = shown_layers(layers, range(data.probs.shape[0]))
         """The layers shown."""
         self.head = head if head is not None else (self.layers[0], 0)
         """The (layer, head) the head view opens on."""

@@ -40,6 +40,10 @@ def test_inspect_writes_an_offline_page_equal_to_the_python_api(tiny_model_dirs,
     assert data["lens"]["layers"] == [1] and data["lens"]["watch"] == ["dog", "tree"]
     assert (data["qk"]["layer"], data["qk"]["head"]) == (1, 1) and data["attention"]["sel"] == [1, 1]
     assert len(data["factors"]["items"][0]["rows"]) == 2
+    last = data["rankings"]["ranks"][-1]
+    assert f"watched 'dog': rank {last[0]} after the last layer" in result.output
+    assert f"watched 'tree': rank {last[1]} after the last layer" in result.output
+    assert "target 'and' after 'ran': prob " in result.output and "most salient (grad_x_input): " in result.output
     assert not external_urls(out)
     api = tmp_path / "api.html"
     inspect_page(
@@ -71,6 +75,7 @@ def test_inspect_with_a_run_lists_its_explained_neurons(view_run: Path, tmp_path
     data = page_data(out)
     firing = data["firing"]
     assert firing["normalized"] is True and "explained neurons that fire here" in result.output
+    assert f"explained neurons listed: {len(firing['neurons'])}" in result.output
     want = best_explanations(view_run)
     assert want and set(want) <= set(EXPLAINED)  # (the fake explainer fails on some neurons)
     listed = {(n[0], n[1]): (n[2], n[3]) for n in firing["neurons"]}
@@ -79,7 +84,7 @@ def test_inspect_with_a_run_lists_its_explained_neurons(view_run: Path, tmp_path
         assert explanation == want[key][0] and score == pytest.approx(want[key][1], abs=1e-4)
     assert all(len(entries) <= 5 for entries in firing["at"]) and len(firing["at"]) == len(data["ex"]["prompt"])
     spec = json.loads((view_run / "manifest.json").read_text())["harvest"]["config"]["model"]
-    assert f"<h1>{spec}</h1>" in text.replace("&#47;", "/")  # the run's model, loaded by default
+    assert f"<h1>{spec}</h1>" in text.replace("&#47;", "/").replace("&#58;", ":")  # the run's model, loaded by default
     assert not external_urls(out)
 
 

@@ -16,7 +16,7 @@ from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
 from neuron_explainer.stages.score import summary as score_summary
-from neuron_explainer.view import build_site, neuron
+from neuron_explainer.view import build_site, inspect_page, neuron
 from tests.integration.view_run import EXPLAINED, OUTPUT_TOKEN_NEURONS, build_view_run
 
 EXTERNAL = re.compile(
@@ -157,9 +157,18 @@ def external_urls(root: Path) -> list[str]:
     return offenders
 
 
-def test_no_generated_file_names_an_external_url(site: Path) -> None:
-    offenders = external_urls(site)
+@pytest.fixture(scope="module")
+def inspect_file(view_run: Path, tmp_path_factory) -> Path:
+    """An inspect page of the run's model with its explained neurons (a prompt naming a URL, on purpose)."""
+    out = tmp_path_factory.mktemp("inspect") / "inspect.html"
+    inspect_page(None, "the cat sat on http://example.org/red", run=view_run, method="grad_x_input", out=out)
+    return out
+
+
+def test_no_generated_file_names_an_external_url(site: Path, inspect_file: Path) -> None:
+    offenders = external_urls(site) + external_urls(inspect_file)
     assert not offenders, offenders[:10]
+    assert "http&#58;&#47;&#47;example.org" in inspect_file.read_text()  # the prompt is shown, no URL named
 
 
 def test_the_external_url_check_can_fail(tmp_path: Path) -> None:

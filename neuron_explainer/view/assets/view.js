@@ -548,6 +548,7 @@
       box.querySelectorAll(".nx-att-line").forEach(function (line) {
         line.classList.toggle("nx-on", !!t && line.dataset[t.dataset.side] === t.dataset.i);
       });
+      box.querySelectorAll(".nx-att-tok").forEach(function (tok) { tok.classList.toggle("nx-on", tok === t); });
     });
     draw();
   };
@@ -591,7 +592,8 @@
   }
 
   /* BertViz's neuron view of one head. d = {layer, head, query, queries [T][D], keys [T][D], products [T][D] (at
-     d.query), scores [T][T], allowed, probs, scaling, softcap, window}. Products at another query are q * k here. */
+     d.query), dots [T][T] (q.k), scores [T][T], allowed, probs, scaling, softcap, window}. Products at another
+     query are q * k here. */
   NX.renderers.qk = function (el, d, data) {
     var toks = data.ex.prompt;
     var vs = 0;
@@ -609,11 +611,10 @@
       out.push('<tr class="nx-qrow"><td class="nx-num">query ' + q + "</td><td>" + quoted(toks[q]) + "</td><td>" +
         strip(d.queries[q], vs, "query " + q) + "</td><td></td><td></td><td></td><td></td></tr>");
       d.keys.forEach(function (k, j) {
-        var dot = prod[j].reduce(function (a, b) { return a + b; }, 0);
         var p = d.probs[q][j];
         out.push('<tr class="nx-qk-row' + (d.allowed[q][j] ? "" : " nx-masked") + '"><td class="nx-num">' + j + "</td><td>" +
           quoted(toks[j]) + "</td><td>" + strip(k, vs, "key " + j) + "</td><td>" + strip(prod[j], ps, "query " + q + " × key " + j) +
-          '</td><td class="nx-num">' + fmt(dot) + '</td><td class="nx-num">' + fmt(d.scores[q][j]) + '</td><td><span class="nx-pbar" style="width:' +
+          '</td><td class="nx-num">' + fmt(d.dots[q][j]) + '</td><td class="nx-num">' + fmt(d.scores[q][j]) + '</td><td><span class="nx-pbar" style="width:' +
           (p * 80).toFixed(1) + 'px"></span> ' + fmt(p) + "</td></tr>");
       });
       box.innerHTML = out.join("") + "</tbody></table>";
