@@ -3,6 +3,8 @@
     python scripts/screenshots.py                          # runs/demo if complete, else a tiny-model run
     python scripts/screenshots.py --run runs/demo-view     # any run directory or exported dataset
     python scripts/screenshots.py --html view.html --name logit-lens   # any saved page (e.g. a prompt view)
+    python scripts/screenshots.py --inspect builtin:gemma3-270m        # an inspect page: saliency, lens, attention
+    python scripts/screenshots.py --inspect tiny                       # the same from a tiny random GPT-2
 
 Every page is opened from file:// with every non-file request aborted; a page error or an attempted
 request fails the script, so a screenshot is also a check that the page works offline.
@@ -37,6 +39,12 @@ class Shot:
     size: tuple[int, int] = (1280, 900)
     wait_for: list[str] = field(default_factory=list)
     """JS expressions to wait for (e.g. the index has loaded every layer)."""
+    element: str | None = None
+    """CSS selector of the one element to capture (default: the viewport)."""
+    below: int = 0
+    """Pixels below `element` captured too (a tooltip may hang below it)."""
+    max_height: int | None = None
+    """Capture at most this many pixels of `element` (its top part)."""
 
 
 def capture(shots: list[Shot], out_dir: Path, chromium: str) -> list[Path]:
@@ -76,7 +84,14 @@ def capture(shots: list[Shot], out_dir: Path, chromium: str) -> list[Path]:
             if problems:
                 raise SystemExit(f"{shot.path}: {problems}")
             out = out_dir / f"{shot.name}.png"
-            page.screenshot(path=str(out))
+            if shot.element:  # the element, and room below it for a tooltip
+                box = page.locator(shot.element).first.bounding_box()
+                height = min(box["height"], shot.max_height or box["height"]) + shot.below
+                clip = {"x": box["x"], "y": box["y"] + page.evaluate("window.scrollY"), "width": box["width"],
+                        "height": height}  # fmt: skip
+                page.screenshot(path=str(out), clip=clip, full_page=True)
+            else:
+                page.screenshot(path=str(out))
             written.append(out)
             page.close()
         browser.close()
@@ -128,11 +143,43 @@ def site_shots(run: Path, site: Path) -> list[Shot]:
     ]
 
 
+INSPECT_TEXT = "The Eiffel Tower is in Paris, and the Colosseum is in the city of"
+
+
+def inspect_shots(model: str, work: Path) -> list[Shot]:
+    """Build an inspect page of INSPECT_TEXT (`tiny`: a tiny random GPT-2) and list its shots."""
+    import time
+
+    from neuron_explainer.view import inspect_page
+
+    if model == "tiny":
+        sys.path.insert(0, str(ROOT))
+        from tests.conftest import save_tiny
+
+        model, text, options = str(save_tiny(work, "gpt2")), "the cat sat on the red house and the dog ran", {}
+    else:
+        text, options = INSPECT_TEXT, {"target": " Rome", "watch": [" Rome", " Paris", " Italy"]}
+    start = time.perf_counter()
+    page = inspect_page(model, text, **options, out=work / "inspect.html")
+    print(f"inspect page of {model}: {time.perf_counter() - start:.1f} s, {page}")
+    path = work / "inspect.html"
+    n_layers, n_tokens = page["lens"].data.top_ids.shape[:2]
+    cell = f'.nx-lens-cell[data-l="{2 * n_layers // 3}"][data-t="{n_tokens - 1}"]'
+    return [
+        Shot("inspect-saliency", path, hover='[data-key="saliency"] .nx-marked', element="#nx-saliency", below=50),
+        Shot("inspect-lens", path, hover=cell, element="#nx-lens", size=(1680, 1400), below=150),
+        Shot("inspect-attention", path, hover='.nx-att-tok[data-side="q"] >> nth=-1', element="#nx-attention",
+             size=(1280, 1800), max_height=900),
+        Shot("inspect-qk", path, element="#nx-qk", size=(1280, 1400)),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=None, help="run directory or exported dataset")
     parser.add_argument("--html", type=Path, default=None, help="capture this page instead of a site")
     parser.add_argument("--name", default="page", help="PNG name for --html")
+    parser.add_argument("--inspect", default=None, help="model spec (or `tiny`) for shots of an inspect page")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
@@ -141,6 +188,9 @@ def main() -> None:
         print("\n".join(str(p) for p in capture(shots, args.out, args.chromium)))
         return
     work = Path(tempfile.mkdtemp(prefix="nx-shots-"))
+    if args.inspect:
+        print("\n".join(str(p) for p in capture(inspect_shots(args.inspect, work), args.out, args.chromium)))
+        return
     run = args.run
     demo = ROOT / "runs" / "demo"
     if run is None and (demo / "manifest.json").exists():

@@ -1,6 +1,6 @@
 """Coalesce the requests of concurrent units into shared batched calls. Pure asyncio: no model, no I/O.
 
-A stage keeps several units in flight (stages/runtime.run_units); each submits its requests and awaits
+A stage keeps several units in flight (stages/units.run_units); each submits its requests and awaits
 its results. Submissions that arrive before the event loop next turns are flushed together as one
 batched call, so one forward pass serves several units (explanations of several neurons, excerpts of
 several explanations).

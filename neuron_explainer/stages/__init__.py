@@ -1,8 +1,8 @@
 """The pipeline's stages, one module each, one shape: `async def run(store, cfg.<stage>, deps) -> StageReport`.
 
 `STAGES` lists them in pipeline order with the config section each reads; `neuron_explainer.pipeline`
-runs them in that order. Shared machinery (dependencies, reports, unit scheduling, part writing) is in
-`stages.runtime`.
+runs them in that order. Shared machinery: dependencies and reports in `stages.runtime`, unit scheduling
+and part writing in `stages.units`, claims of workers sharing a run in `stages.claims`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from neuron_explainer.records.tables import (
 )
 from neuron_explainer.scoring.ablation import Ablator, NeuronAblation, ablation_score, score_ablations
 from neuron_explainer.scoring.scorers import SCORERS, pick
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_batches
 
 
 def groups_of(units: list[dict[str, Any]], max_excerpts: int) -> list[list[dict[str, Any]]]:

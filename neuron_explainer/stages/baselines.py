@@ -29,7 +29,8 @@ from neuron_explainer.records.tables import (
     simulation_rows,
 )
 from neuron_explainer.scoring.calibration import calibration_columns
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_batches
 
 PROMPT_VERSION = "baseline/v1"
 N_TOP_TOKENS = 8

@@ -22,7 +22,8 @@ from neuron_explainer.records.splits import N_EXPLAIN_RECORDS, top_split
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import explanation_id, explanation_row, failure_row, params_hash, read_table
 from neuron_explainer.records.views import apply_view
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_units
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_units
 
 
 def batched_generate(

@@ -12,7 +12,8 @@ from neuron_explainer.config.sections import OutputTokensConfig
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_batches
 
 
 def same_layer(batch: list[tuple[int, int]], unit: tuple[int, int]) -> bool:

@@ -49,7 +49,8 @@ from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.simulate.methods import RecordSimulator, require_method
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import SimulatorSetup
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_units
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_units
 
 
 def random_active(record: NeuronRecord, top: float, n: int) -> list[ActivationRecord]:

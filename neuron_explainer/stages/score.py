@@ -18,7 +18,8 @@ from neuron_explainer.records.tables import correlation_row, read_table
 from neuron_explainer.records.views import apply_view
 from neuron_explainer.scoring.correlation import score_correlation
 from neuron_explainer.scoring.scorers import SCORERS, pick
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_batches
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_batches
 
 BATCH = 256
 """Units scored and written per part file (and claimed at once)."""

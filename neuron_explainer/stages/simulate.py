@@ -32,7 +32,8 @@ from neuron_explainer.simulate.batched import slot_batcher
 from neuron_explainer.simulate.methods import METHODS, SimulationMethod, require_method
 from neuron_explainer.simulate.parse import SimulationParseError
 from neuron_explainer.simulate.simulator import SimulatorSetup
-from neuron_explainer.stages.runtime import Deps, PartWriter, StageReport, UnitQueue, UnitResult, run_units
+from neuron_explainer.stages.runtime import Deps, StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_units
 
 
 def templates_for(cfg: SimulateConfig, prompts_dir: str | None, views: set[str], m: SimulationMethod) -> dict:

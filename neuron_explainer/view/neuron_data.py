@@ -217,10 +217,8 @@ def output_token_lists(t: NeuronTables) -> dict[str, list[Row]] | None:
     if t.output_tokens is None:
         return None
     out: dict[str, list[Row]] = {"top": [], "bottom": []}
-    side = {1: "top", -1: "bottom", "top": "top", "bottom": "bottom"}  # sign +1 / -1 (or its name)
     for r in sorted(t.output_tokens, key=lambda r: r["rank"]):
-        if r["sign"] in side:
-            out[side[r["sign"]]].append({"token": str(r["token"]), "value": rounded(r["value"])})
+        out["top" if r["sign"] > 0 else "bottom"].append({"token": str(r["token"]), "value": rounded(r["value"])})
     return out
 
 

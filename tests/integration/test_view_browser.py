@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
-from neuron_explainer.view import build_site, neuron
+from neuron_explainer.view import InspectPage, build_site, inspect_page, neuron
 from tests.integration.view_run import EXPLAINED, build_view_run
 
 CHROMIUM = os.environ.get("NX_CHROMIUM", "/usr/bin/chromium")
@@ -231,3 +232,100 @@ def test_the_page_policy_refuses_outside_resources(site: Path, watched: Watched)
         assert any("Content Security Policy" in e for e in watched.errors), watched.errors
     finally:
         injected.unlink()
+
+
+INSPECT_TEXT = "the cat sat on the red house and the dog ran"
+
+
+@pytest.fixture(scope="module")
+def inspected(view_run: Path, tmp_path_factory) -> tuple[Path, InspectPage]:
+    """An inspect page of the run's tiny GPT-2 (its model by default), with the run's explained neurons."""
+    out = tmp_path_factory.mktemp("inspect") / "inspect.html"
+    return out, inspect_page(None, INSPECT_TEXT, run=view_run, watch=["dog", "tree"], n_factors=3, out=out)
+
+
+def drawn_lines(page) -> list[list[float]]:
+    """(query, key, probability) of every line of the head view."""
+    return page.locator('[data-nx="attention"] line.nx-att-line').evaluate_all(
+        "ls => ls.map(l => [+l.dataset.q, +l.dataset.k, +l.dataset.p])"
+    )
+
+
+def expected_lines(built: InspectPage, layer_row: int, head: int) -> list[list[float]]:
+    panel = built["attention"].panel_data()
+    rows = panel["attn"][layer_row][head]
+    return [[q, k, p] for q, row in enumerate(rows) for k, p in enumerate(row) if p >= panel["min"]]
+
+
+def test_inspect_page_draws_every_panel(inspected, watched: Watched) -> None:
+    path, built = inspected
+    page = watched.open(path)
+    n = len(built["saliency"].tokens)
+    n_layers, n_heads = built["attention"].data.probs.shape[:2]
+    # heatmap rows: saliency (signed, L2 share), one per NMF factor, and the firing panel's token strip
+    assert page.locator(".nx-tok").count() == (2 + 3 + 1) * n
+    assert page.locator(".nx-lens-cell").count() == n_layers * n
+    lens = built["lens"].data
+    page.locator('.nx-lens-cell[data-l="1"][data-t="3"]').hover()
+    tip = page.locator("#nx-tip")
+    assert tip.is_visible()
+    text = tip.inner_text()
+    assert "layer 1, position 3" in text and f'1. "{lens.top_tokens[1][3][0]}"' in text
+    assert f'"dog": rank {lens.watch_ranks[1, 3, 0]}' in text
+    page.select_option(".nx-lens-mode", "w0")  # colour by the rank of "dog": the cells show the ranks
+    assert page.locator('.nx-lens-cell[data-l="1"][data-t="3"]').inner_text() == str(lens.watch_ranks[1, 3, 0])
+    span = page.locator('[data-key="saliency"] .nx-tok').nth(2)
+    span.hover()
+    signed = built["saliency"].data.signed
+    assert f'"{built["saliency"].tokens[2]}"' in tip.inner_text()
+    value = float(re.search(r"signed: (-?[\d.e+-]+)", tip.inner_text()).group(1))
+    assert value == pytest.approx(signed[2], rel=2e-3, abs=6e-4 * float(np.abs(signed).max()))
+    watched.assert_clean()
+
+
+def test_inspect_attention_views_follow_the_chosen_head(inspected, watched: Watched) -> None:
+    path, built = inspected
+    page = watched.open(path)
+    n_layers, n_heads = built["attention"].data.probs.shape[:2]
+    first = drawn_lines(page)
+    assert first == expected_lines(built, 1, 0) and first  # opens on the middle layer, head 0
+    page.click('.nx-headbtn[data-h="1"]')
+    assert drawn_lines(page) == expected_lines(built, 1, 1) != first
+    assert page.get_attribute('.nx-headbtn[data-h="1"]', "aria-pressed") == "true"
+    page.select_option(".nx-att-layer", "0")
+    assert drawn_lines(page) == expected_lines(built, 0, 1)
+    assert page.locator(".nx-mini-att").count() == n_layers * n_heads
+    page.click('.nx-mini-att[data-l="0"][data-h="0"]')
+    assert drawn_lines(page) == expected_lines(built, 0, 0)
+    page.hover('.nx-att-tok[data-side="q"][data-i="4"]')  # one query token: only its lines stay
+    assert page.locator(".nx-att svg.nx-focus").count() == 1
+    on = page.locator(".nx-att-line.nx-on").evaluate_all("ls => ls.map(l => l.dataset.q)")
+    assert on and set(on) == {"4"}
+    n = len(built["qk"].tokens)
+    assert page.locator(".nx-qk-row").count() == n
+    page.select_option(".nx-qk-pos", "2")  # keys after the query are masked
+    assert page.locator(".nx-qk-row.nx-masked").count() == n - 3
+    page.hover('[data-nx="firing"] .nx-tok >> nth=5')
+    assert page.locator(".nx-firing-list tbody tr").count() == len(built["firing"].data.at(5))
+    watched.assert_clean()
+
+
+def test_inspect_views_show_token_text_as_text(tmp_path: Path, watched: Watched) -> None:
+    from neuron_explainer.inspect import top_explained_neurons
+    from neuron_explainer.view import FiringView, LogitLensView, SaliencyView
+    from tests.unit.view.test_prompt_views import NASTY, nasty_lens, nasty_saliency
+
+    acts = {0: np.arange(len(NASTY) * 2, dtype=np.float64).reshape(len(NASTY), 2)}
+    explained = pd.DataFrame([(0, 1, NASTY[0], 0.5)], columns=["layer", "neuron", "explanation", "score"])
+    firing = FiringView(top_explained_neurons(acts, NASTY, explained))
+    views = [SaliencyView(nasty_saliency()), LogitLensView(nasty_lens()), firing]
+    path = InspectPage(views, "<model>", "".join(NASTY)).save(tmp_path / "nasty.html")
+    page = watched.open(path)
+    assert page.locator("img").count() == 0  # no token became markup (the page's own <b> is the list heading)
+    assert page.evaluate("[...document.querySelectorAll('main b')].every(b => b.closest('.nx-firing-list'))")
+    shown = page.locator('[data-key="saliency"] .nx-row').first.locator(".nx-tok").all_inner_texts()
+    assert shown == NASTY
+    assert page.locator(".nx-lens-in").all_inner_texts() == NASTY
+    page.hover('[data-nx="firing"] .nx-tok >> nth=0')
+    assert NASTY[0] in page.locator(".nx-firing-list").inner_text()
+    watched.assert_clean()

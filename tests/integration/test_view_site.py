@@ -16,7 +16,7 @@ from neuron_explainer.records.reader import load_neuron_record
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
 from neuron_explainer.stages.score import summary as score_summary
-from neuron_explainer.view import build_site, neuron
+from neuron_explainer.view import build_site, inspect_page, neuron
 from tests.integration.view_run import EXPLAINED, OUTPUT_TOKEN_NEURONS, build_view_run
 
 EXTERNAL = re.compile(
@@ -133,27 +133,48 @@ def test_simulation_panels_agree_with_the_stored_scores(site: Path, view_run: Pa
         assert all(len(item["rows"][0]["v"]) == len(item["rows"][1]["v"]) for item in items)
 
 
-def test_revision_baselines_and_output_tokens_are_rendered(site: Path) -> None:
+def test_revision_baselines_and_output_tokens_are_rendered(site: Path, view_run: Path) -> None:
     layer, n = EXPLAINED[0]
     text = (site / "neurons" / str(layer) / f"{n}.html").read_text()
     assert "Revision" in text and "random_revision" in text and "extended set" in text.lower()
     assert "baseline:weights" in text and "baseline:lookup" in text
     data = page_data(site / "neurons" / str(layer) / f"{n}.html")
     assert any(k.startswith("sent") for k in data["groups"])
+    table = read_table(RunStore(view_run), "output_tokens")
     for layer, n in OUTPUT_TOKEN_NEURONS:
         page = (site / "neurons" / str(layer) / f"{n}.html").read_text()
-        assert "Output tokens" in page and " up0" in page and " down4" in page
-        assert page.index(" up0") < page.index(" up4")  # by rank
+        assert "Output tokens" in page
+        for sign, side in ((1, "top"), (-1, "bottom")):
+            rows = table[(table.layer == layer) & (table.neuron == n) & (table.sign == sign)].sort_values("rank")
+            shown = re.search(f'<table class="nx-table nx-out nx-out-{side}">(.*?)</table>', page, re.S)
+            assert shown is not None
+            tokens = [html.unescape(t) for t in re.findall(r'<code class="nx-token">(.*?)</code>', shown.group(1))]
+            assert tokens == list(rows.token) and len(tokens) == 5  # the stage's tokens, by rank
     assert "has no rows for this neuron" in (site / "neurons" / "0" / "3.html").read_text()  # table present
 
 
-def test_no_generated_file_names_an_external_url(site: Path) -> None:
+def external_urls(root: Path) -> list[str]:
+    """Every match of EXTERNAL in the files under `root` (or in the file `root`), as `path: match`."""
     offenders = []
-    for path in site.rglob("*"):
+    for path in [root] if root.is_file() else sorted(root.rglob("*")):
         if path.is_file():
             for m in EXTERNAL.finditer(path.read_text(encoding="utf-8")):
-                offenders.append(f"{path.relative_to(site)}: {m.group(0)}")
+                offenders.append(f"{path.relative_to(root.parent)}: {m.group(0)}")
+    return offenders
+
+
+@pytest.fixture(scope="module")
+def inspect_file(view_run: Path, tmp_path_factory) -> Path:
+    """An inspect page of the run's model with its explained neurons (a prompt naming a URL, on purpose)."""
+    out = tmp_path_factory.mktemp("inspect") / "inspect.html"
+    inspect_page(None, "the cat sat on http://example.org/red", run=view_run, method="grad_x_input", out=out)
+    return out
+
+
+def test_no_generated_file_names_an_external_url(site: Path, inspect_file: Path) -> None:
+    offenders = external_urls(site) + external_urls(inspect_file)
     assert not offenders, offenders[:10]
+    assert "http&#58;&#47;&#47;example.org" in inspect_file.read_text()  # the prompt is shown, no URL named
 
 
 def test_the_external_url_check_can_fail(tmp_path: Path) -> None:
@@ -164,10 +185,7 @@ def test_the_external_url_check_can_fail(tmp_path: Path) -> None:
 def test_exported_dataset_gives_the_same_site(site: Path, view_run: Path, tmp_path: Path) -> None:
     from neuron_explainer.export.dataset import export_dataset
 
-    export_dataset(view_run, tmp_path / "dataset")
-    (tmp_path / "dataset" / "data" / "output_tokens.parquet").write_bytes(
-        next((view_run / "output_tokens").glob("*.parquet")).read_bytes()
-    )
+    export_dataset(view_run, tmp_path / "dataset")  # output_tokens included
     layer, n = EXPLAINED[0]
     build_site(tmp_path / "dataset", tmp_path / "site2", neurons=[(layer, n), (1, 5)])
     assert index_chunks(tmp_path / "site2")[layer]["neuron"] == [n]

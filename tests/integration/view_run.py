@@ -2,16 +2,14 @@
 
 The run comes from `test_regression.run_everything` (harvest with top, random and quantile records;
 explain with 2 samples; simulate; revise; baselines; score; ablate), so every table the viewer reads
-is there. GPT-2's GELU gives small negative activations, so both heatmap hues appear. An
-`output_tokens` table (not yet written by any stage) is added by hand for two neurons.
+is there; the output_tokens stage then runs for two neurons. GPT-2's GELU gives small negative
+activations, so both heatmap hues appear.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tests.integration.test_regression import BASELINED, EXPLAINED, run_everything
 
@@ -20,16 +18,19 @@ OUTPUT_TOKEN_NEURONS = [(0, 1), (1, 5)]
 
 
 def write_output_tokens(run: Path) -> None:
-    """An output_tokens table in the documented long form (5 promoted, 5 suppressed tokens per neuron)."""
-    rows = []
-    for layer, neuron in OUTPUT_TOKEN_NEURONS:
-        for rank in range(5):
-            rows.append(dict(layer=layer, neuron=neuron, rank=rank, sign="top", token_id=10 + rank,
-                             token=f" up{rank}", value=2.0 - 0.3 * rank))  # fmt: skip
-            rows.append(dict(layer=layer, neuron=neuron, rank=rank, sign="bottom", token_id=40 + rank,
-                             token=f" down{rank}", value=-2.0 + 0.3 * rank))  # fmt: skip
-    (run / "output_tokens").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), run / "output_tokens" / "part-0.parquet")
+    """Run the output_tokens stage (5 promoted, 5 suppressed tokens) for OUTPUT_TOKEN_NEURONS."""
+    from neuron_explainer.config import HarvestConfig, OutputTokensConfig, RunConfig
+    from neuron_explainer.records.store import RunStore
+    from neuron_explainer.stages import Deps, stage_module
+
+    store = RunStore(run)
+    harvest = store.require_harvest()["harvest"]["config"]
+    neurons = ",".join(f"{layer}:{n}" for layer, n in OUTPUT_TOKEN_NEURONS)
+    cfg = RunConfig(
+        out=str(run), harvest=HarvestConfig.model_validate(harvest), neurons=neurons,
+        output_tokens=OutputTokensConfig(enabled=True, k=5),
+    )  # fmt: skip
+    asyncio.run(stage_module("output_tokens").run(store, cfg.output_tokens, Deps.from_config(cfg)))
 
 
 def build_view_run(tiny_model_dirs, corpus_file, tmp_path_factory) -> Path:

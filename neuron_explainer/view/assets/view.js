@@ -48,6 +48,7 @@
           var cls = v > 0 ? "nx-tok nx-pos" : v < 0 ? "nx-tok nx-neg" : "nx-tok";
           var tok = shown(toks[i + off] === undefined ? "" : toks[i + off]);
           if (tok === "") cls += " nx-empty";
+          if (item.mark === i) cls += " nx-marked";
           out.push('<span class="' + cls + '" style="background:' + shade(v, row.s) + '" data-e="' + e +
             '" data-r="' + r + '" data-i="' + i + '">' + esc(tok) + "</span>");
         }
@@ -58,27 +59,33 @@
     el.innerHTML = out.join("");
     el.nxGroup = group;
     el.nxData = data;
+    el.nxTip = function (span) {
+      var item = group.items[+span.dataset.e];
+      var i = +span.dataset.i;
+      var toks = item.t || data.ex[item.id] || [];
+      var lines = ['<b>"' + esc(shown(toks[i + (item.o || 0)] || "")) + '"</b>'];
+      item.rows.forEach(function (row) { lines.push(esc(row.n) + ": " + fmt(row.v[i])); });
+      return lines.join("<br>");
+    };
   };
 
-  /* One tooltip for the page: the token and each row's value at that position. */
+  /* One tooltip for the page. A renderer that wants one sets el.nxTip(target) -> HTML (or null) on its
+     element; the targets are its token spans (.nx-tok) and any element marked .nx-tipped. */
   function tooltip() {
     var tip = document.createElement("div");
     tip.id = "nx-tip";
     tip.setAttribute("role", "tooltip");
     document.body.appendChild(tip);
     document.addEventListener("mouseover", function (ev) {
-      var span = ev.target.closest ? ev.target.closest(".nx-tok") : null;
-      var host = span && span.closest("[data-nx]");
-      if (!host || !host.nxGroup) { tip.style.display = "none"; return; }
-      var item = host.nxGroup.items[+span.dataset.e];
-      var i = +span.dataset.i;
-      var toks = item.t || host.nxData.ex[item.id] || [];
-      var lines = ['<b>"' + esc(shown(toks[i + (item.o || 0)] || "")) + '"</b>'];
-      item.rows.forEach(function (row) { lines.push(esc(row.n) + ": " + fmt(row.v[i])); });
-      tip.innerHTML = lines.join("<br>");
-      var box = span.getBoundingClientRect();
+      var target = ev.target.closest ? ev.target.closest(".nx-tok, .nx-tipped") : null;
+      var host = target && target.closest("[data-nx]");
+      var text = host && host.nxTip ? host.nxTip(target) : null;
+      if (!text) { tip.style.display = "none"; return; }
+      tip.innerHTML = text;
+      var box = target.getBoundingClientRect();
       tip.style.display = "block";
-      tip.style.left = Math.max(4, box.left + window.scrollX) + "px";
+      var right = window.scrollX + document.documentElement.clientWidth - tip.offsetWidth - 4;
+      tip.style.left = Math.max(4, Math.min(box.left + window.scrollX, right)) + "px";
       tip.style.top = box.bottom + window.scrollY + 6 + "px";
     });
   }
@@ -332,6 +339,289 @@
     ix.el.querySelector("tbody").innerHTML = out.join("");
     document.getElementById("nx-range").textContent = ix.view.length ? (ix.start + 1) + "–" + end + " of " + ix.view.length : "no match";
   }
+
+  /* ---- Prompt views (neuron_explainer.view.prompt_views): every panel's value is page data under its
+     kind; the prompt's tokens are data.ex.prompt. Heatmap panels (saliency, factors) use `excerpts`. ---- */
+  var PALETTE = ["#1f5fa8", "#e66101", "#1b9e77", "#7570b3", "#d62728", "#66a61e", "#e7298a", "#a6761d"];
+  function colour(k) { return PALETTE[k % PALETTE.length]; }
+  function quoted(t) { return '"' + esc(shown(t)) + '"'; }
+  function select(cls, options, chosen) {
+    return '<select class="' + cls + '">' + options.map(function (o) {
+      return '<option value="' + esc(o[0]) + '"' + (String(o[0]) === String(chosen) ? " selected" : "") + ">" +
+        esc(o[1]) + "</option>";
+    }).join("") + "</select>";
+  }
+  /* rank 1 -> full colour, the largest rank of the grid -> none (log scale) */
+  function rankShade(r, worst) {
+    var a = 1 - Math.log10(r) / Math.log10(Math.max(worst, 10));
+    return "rgba(" + POS + "," + (Math.max(0, a) * 0.85).toFixed(3) + ")";
+  }
+
+  /* Logit lens: layers x positions; d = {layers, top [L][T][k], topp, watch, ranks [L][T][W], wprobs, next [L][T-1]} */
+  NX.renderers.lens = function (el, d, data) {
+    var toks = data.ex.prompt;
+    var modes = [["p", "top-1 probability"]];
+    d.watch.forEach(function (w, i) { modes.push(["w" + i, "rank of " + JSON.stringify(shown(w))]); });
+    modes.push(["n", "rank of the next token"]);
+    el.innerHTML = '<div class="nx-controls"><label>Colour by ' + select("nx-lens-mode", modes, "p") +
+      '</label></div><div class="nx-scroll"><table class="nx-lens"></table></div>';
+    var table = el.querySelector("table");
+    var worst = function (mode) {
+      var m = 10;
+      d.layers.forEach(function (_, l) {
+        for (var t = 0; t < toks.length; t++) {
+          var r = mode === "n" ? d.next[l][t] : d.ranks[l][t][+mode.slice(1)];
+          if (r !== undefined) m = Math.max(m, r);
+        }
+      });
+      return m;
+    };
+    var draw = function (mode) {
+      var out = ["<thead><tr><th></th>"];
+      toks.forEach(function (t, i) { out.push('<th class="nx-lens-in" title="position ' + i + '">' + esc(shown(t)) + "</th>"); });
+      out.push("</tr></thead><tbody>");
+      var w = mode === "p" ? 0 : worst(mode);
+      d.layers.forEach(function (layer, l) {
+        out.push('<tr><th class="nx-num">layer ' + layer + "</th>");
+        for (var t = 0; t < toks.length; t++) {
+          var text, bg;
+          if (mode === "p") { text = esc(shown(d.top[l][t][0])); bg = shade(d.topp[l][t][0], 1); }
+          else {
+            var r = mode === "n" ? d.next[l][t] : d.ranks[l][t][+mode.slice(1)];
+            text = r === undefined ? "" : String(r);
+            bg = r === undefined ? "transparent" : rankShade(r, w);
+          }
+          out.push('<td class="nx-lens-cell nx-tipped" data-l="' + l + '" data-t="' + t + '" style="background:' + bg + '">' +
+            text + "</td>");
+        }
+        out.push("</tr>");
+      });
+      out.push('<tr class="nx-lens-nextrow"><th>next token</th>');
+      for (var t = 0; t < toks.length; t++) out.push('<td class="nx-lens-next">' + esc(shown(toks[t + 1] || "")) + "</td>");
+      table.innerHTML = out.join("") + "</tr></tbody>";
+    };
+    el.querySelector("select").addEventListener("change", function (ev) { draw(ev.target.value); });
+    draw("p");
+    el.nxTip = function (cell) {
+      var l = +cell.dataset.l, t = +cell.dataset.t;
+      var lines = ["<b>layer " + d.layers[l] + ", position " + t + " (after " + quoted(toks[t]) + ")</b>"];
+      d.top[l][t].forEach(function (tok, k) { lines.push((k + 1) + ". " + quoted(tok) + " " + fmt(d.topp[l][t][k])); });
+      d.watch.forEach(function (w, i) {
+        lines.push(quoted(w) + ": rank " + d.ranks[l][t][i] + ", p " + fmt(d.wprobs[l][t][i]));
+      });
+      if (t + 1 < toks.length) lines.push("next " + quoted(toks[t + 1]) + ": rank " + d.next[l][t]);
+      return lines.join("<br>");
+    };
+  };
+
+  /* Ranks of watched tokens per layer, log scale, rank 1 at the top. d = {layers, watch, ranks [L][W], probs} */
+  NX.renderers.rankings = function (el, d) {
+    var W = 620, H = 240, L = 48, R = 150, T = 14, B = 32;
+    var top = 10;
+    d.ranks.forEach(function (row) { row.forEach(function (r) { while (r > top) top *= 10; }); });
+    var n = d.layers.length;
+    var X = function (i) { return n > 1 ? L + (i / (n - 1)) * (W - L - R) : (L + W - R) / 2; };
+    var Y = function (r) { return T + (Math.log10(r) / Math.log10(top)) * (H - T - B); };
+    var out = [svgOpen(W, H, "ranks of watched tokens per layer")];
+    for (var g = 1; g <= top; g *= 10) {
+      out.push('<line class="nx-grid" x1="' + L + '" x2="' + (W - R) + '" y1="' + Y(g).toFixed(1) + '" y2="' + Y(g).toFixed(1) + '"/>');
+      out.push(axisText(L - 4, Y(g) + 3, String(g), "end"));
+    }
+    d.layers.forEach(function (layer, i) { out.push(axisText(X(i), H - B + 14, String(layer))); });
+    out.push(axisText((L + W - R) / 2, H - 3, "layer"));
+    out.push('<text class="nx-axis" transform="translate(11,' + (H - B) / 2 + ') rotate(-90)" text-anchor="middle">rank</text>');
+    d.watch.forEach(function (w, k) {
+      var pts = d.ranks.map(function (row, i) { return X(i).toFixed(1) + "," + Y(row[k]).toFixed(1); });
+      out.push('<polyline class="nx-rankline" fill="none" stroke="' + colour(k) + '" points="' + pts.join(" ") + '"/>');
+      d.ranks.forEach(function (row, i) {
+        out.push('<circle class="nx-rankpt" cx="' + X(i).toFixed(1) + '" cy="' + Y(row[k]).toFixed(1) + '" r="3" fill="' +
+          colour(k) + '"><title>' + esc(JSON.stringify(shown(w))) + " after layer " + d.layers[i] + ": rank " + row[k] +
+          ", p " + fmt(d.probs[i][k]) + "</title></circle>");
+      });
+      out.push('<text x="' + (W - R + 10) + '" y="' + (T + 12 + 14 * k) + '" fill="' + colour(k) + '" class="nx-legend">' +
+        esc(JSON.stringify(shown(w))) + "</text>");
+    });
+    el.innerHTML = out.join("") + "</svg>";
+  };
+
+  /* The largest loadings of each NMF factor. d.loadings[k] = [[layer, neuron, part (+1 / -1), loading], ...] */
+  NX.renderers.loadings = function (el, d) {
+    el.innerHTML = '<div class="nx-loadings">' + d.loadings.map(function (rows, k) {
+      return '<table class="nx-table"><caption>factor ' + k + "</caption>" + rows.map(function (r) {
+        return "<tr><td>L" + r[0] + " N" + r[1] + (r[2] < 0 ? " (−)" : "") + '</td><td class="nx-num">' + fmt(r[3]) + "</td></tr>";
+      }).join("") + "</table>";
+    }).join("") + "</div>";
+  };
+
+  /* Explained neurons firing at each token. d = {neurons [[layer, neuron, explanation, score]], at [T][[i, act, norm]],
+     best [T], scale, normalized}. Hovering a token lists its neurons; a click pins the list to that token. */
+  NX.renderers.firing = function (el, d, data) {
+    var toks = data.ex.prompt;
+    var out = ['<div class="nx-firing"><div class="nx-row"><span class="nx-toks">'];
+    toks.forEach(function (t, i) {
+      out.push('<span class="nx-tok" data-i="' + i + '" style="background:' + shade(d.best[i], d.scale) + '">' +
+        esc(shown(t)) + "</span>");
+    });
+    out.push('</span></div><div class="nx-firing-list"></div></div>');
+    el.innerHTML = out.join("");
+    var list = el.querySelector(".nx-firing-list");
+    var pinned = null;
+    var show = function (i) {
+      var rows = d.at[i].map(function (a, r) {
+        var n = d.neurons[a[0]];
+        return '<tr><td class="nx-num">' + (r + 1) + '</td><td class="nx-num">L' + n[0] + " N" + n[1] + '</td><td class="nx-num">' +
+          fmt(a[1]) + "</td>" + (d.normalized ? '<td class="nx-num">' + fmt(a[2]) + "</td>" : "") + "<td>" + esc(n[2]) +
+          '</td><td class="nx-num">' + (n[3] === null ? "–" : (n[3] >= 0 ? "+" : "") + n[3].toFixed(3)) + "</td></tr>";
+      });
+      list.innerHTML = "<p><b>" + quoted(toks[i]) + "</b> (position " + i + ")</p>" + (rows.length
+        ? '<table class="nx-table"><thead><tr><th>#</th><th>neuron</th><th>activation</th>' +
+          (d.normalized ? "<th>of max</th>" : "") + "<th>explanation</th><th>score</th></tr></thead><tbody>" +
+          rows.join("") + "</tbody></table>"
+        : '<p class="nx-note">no explained neuron ranks here</p>');
+      el.querySelectorAll(".nx-tok").forEach(function (s) { s.classList.toggle("nx-marked", +s.dataset.i === i); });
+    };
+    el.addEventListener("mouseover", function (ev) {
+      var s = ev.target.closest(".nx-tok");
+      if (s && pinned === null) show(+s.dataset.i);
+    });
+    el.addEventListener("click", function (ev) {
+      var s = ev.target.closest(".nx-tok");
+      if (!s) return;
+      pinned = pinned === +s.dataset.i ? null : +s.dataset.i;
+      show(+s.dataset.i);
+    });
+    var first = 0;
+    d.best.forEach(function (v, i) { if (v !== null && (d.best[first] === null || v > d.best[first])) first = i; });
+    show(first);
+  };
+
+  /* Attention lines of one head, from query tokens (left) to key tokens (right). a = [T][0..q] */
+  function attentionLines(a, x0, x1, y, min, stroke, width) {
+    var out = [];
+    a.forEach(function (row, q) {
+      row.forEach(function (p, k) {
+        if (p < min) return;
+        out.push('<line class="nx-att-line" data-q="' + q + '" data-k="' + k + '" data-p="' + p + '" x1="' + x0 + '" y1="' +
+          y(q).toFixed(1) + '" x2="' + x1 + '" y2="' + y(k).toFixed(1) + '" stroke="' + stroke + '" stroke-opacity="' +
+          p.toFixed(3) + '" stroke-width="' + width + '"/>');
+      });
+    });
+    return out.join("");
+  }
+
+  /* BertViz-style head view. d = {layers, n_heads, min, attn [L][H][T][0..q], sel: [layer, head]} */
+  NX.renderers.attention = function (el, d, data) {
+    var toks = data.ex.prompt;
+    var heads = [];
+    for (var h = 0; h < d.n_heads; h++) heads.push('<button type="button" class="nx-headbtn" data-h="' + h + '" style="border-color:' +
+      colour(h) + '">head ' + h + "</button>");
+    el.innerHTML = '<div class="nx-controls"><label>Layer ' + select("nx-att-layer", d.layers.map(function (l) { return [l, l]; }),
+      d.sel[0]) + "</label><span>" + heads.join("") + '</span></div><div class="nx-att"></div>';
+    var box = el.querySelector(".nx-att");
+    var state = { layer: d.layers.indexOf(d.sel[0]) < 0 ? 0 : d.layers.indexOf(d.sel[0]), head: d.sel[1] };
+    var draw = function () {
+      var RH = 18, W = 460, xl = 170, xr = 290, H = toks.length * RH + 8;
+      var y = function (i) { return 8 + i * RH + RH / 2 - 4; };
+      var out = [svgOpen(W, H, "attention of layer " + d.layers[state.layer] + " head " + state.head)];
+      toks.forEach(function (t, i) {
+        out.push('<text class="nx-att-tok" data-side="q" data-i="' + i + '" x="' + (xl - 6) + '" y="' + (y(i) + 4) +
+          '" text-anchor="end">' + esc(shown(t)) + "</text>");
+        out.push('<text class="nx-att-tok" data-side="k" data-i="' + i + '" x="' + (xr + 6) + '" y="' + (y(i) + 4) +
+          '" text-anchor="start">' + esc(shown(t)) + "</text>");
+      });
+      out.push(attentionLines(d.attn[state.layer][state.head], xl, xr, y, d.min, colour(state.head), 2));
+      box.innerHTML = out.join("") + "</svg>";
+      el.querySelector("select").value = String(d.layers[state.layer]);
+      el.querySelectorAll(".nx-headbtn").forEach(function (b) {
+        b.setAttribute("aria-pressed", String(+b.dataset.h === state.head));
+      });
+    };
+    el.nxSelect = function (l, h) { state.layer = l; state.head = h; draw(); };
+    el.querySelector("select").addEventListener("change", function (ev) { state.layer = d.layers.indexOf(+ev.target.value); draw(); });
+    el.querySelectorAll(".nx-headbtn").forEach(function (b) {
+      b.addEventListener("click", function () { state.head = +b.dataset.h; draw(); });
+    });
+    box.addEventListener("mouseover", function (ev) {
+      var t = ev.target.closest(".nx-att-tok");
+      var svg = box.querySelector("svg");
+      svg.classList.toggle("nx-focus", !!t);
+      box.querySelectorAll(".nx-att-line").forEach(function (line) {
+        line.classList.toggle("nx-on", !!t && line.dataset[t.dataset.side] === t.dataset.i);
+      });
+      box.querySelectorAll(".nx-att-tok").forEach(function (tok) { tok.classList.toggle("nx-on", tok === t); });
+    });
+    draw();
+  };
+
+  /* Model view: small multiples of every shown layer x head; a click opens that head in the head view. */
+  NX.renderers.attnmodel = function (el, d, data) {
+    var n = data.ex.prompt.length, W = 96, H = Math.max(48, Math.min(160, n * 4));
+    var y = function (i) { return 4 + (n > 1 ? (i / (n - 1)) * (H - 8) : (H - 8) / 2); };
+    var out = ['<table class="nx-attmodel"><thead><tr><th></th>'];
+    for (var h = 0; h < d.n_heads; h++) out.push("<th>head " + h + "</th>");
+    out.push("</tr></thead><tbody>");
+    d.layers.forEach(function (layer, l) {
+      out.push('<tr><th class="nx-num">layer ' + layer + "</th>");
+      for (var h = 0; h < d.n_heads; h++) {
+        out.push('<td><svg class="nx-svg nx-mini-att" data-l="' + l + '" data-h="' + h + '" viewBox="0 0 ' + W + " " + H +
+          '" width="' + W + '" height="' + H + '" role="img" aria-label="layer ' + layer + " head " + h + '">' +
+          attentionLines(d.attn[l][h], 6, W - 6, y, d.min, colour(h), 1) + "</svg></td>");
+      }
+      out.push("</tr>");
+    });
+    el.innerHTML = '<div class="nx-scroll">' + out.join("") + "</tbody></table></div>";
+    el.addEventListener("click", function (ev) {
+      var mini = ev.target.closest(".nx-mini-att");
+      var head = el.parentNode.querySelector('[data-nx="attention"]');
+      if (!mini || !head || !head.nxSelect) return;
+      head.nxSelect(+mini.dataset.l, +mini.dataset.h);
+      head.scrollIntoView();
+    });
+  };
+
+  /* One vector as a strip of coloured cells (any length drawn at the same width). The colour grows with the
+     square root of |value| / s: a few outlier dimensions (common in q and k) would leave the rest blank. */
+  function strip(v, s, label) {
+    var out = ['<svg class="nx-strip" viewBox="0 0 ' + v.length + ' 1" preserveAspectRatio="none" width="256" height="14" role="img" aria-label="' +
+      esc(label) + '"><title>' + esc(label) + "</title>"];
+    v.forEach(function (x, i) {
+      var c = s > 0 ? Math.sign(x) * Math.sqrt(Math.abs(x) / s) : 0;
+      out.push('<rect x="' + i + '" y="0" width="1" height="1" fill="' + shade(c, 1) + '"/>');
+    });
+    return out.join("") + "</svg>";
+  }
+
+  /* BertViz's neuron view of one head. d = {layer, head, query, queries [T][D], keys [T][D], products [T][D] (at
+     d.query), dots [T][T] (q.k), scores [T][T], allowed, probs, scaling, softcap, window}. Products at another
+     query are q * k here. */
+  NX.renderers.qk = function (el, d, data) {
+    var toks = data.ex.prompt;
+    var vs = 0;
+    d.queries.concat(d.keys).forEach(function (v) { v.forEach(function (x) { vs = Math.max(vs, Math.abs(x)); }); });
+    el.innerHTML = '<div class="nx-controls"><label>Query position ' + select("nx-qk-pos", toks.map(function (t, i) {
+      return [i, i + ": " + JSON.stringify(shown(t))];
+    }), d.query) + '</label></div><div class="nx-scroll nx-qk"></div>';
+    var box = el.querySelector(".nx-qk");
+    var draw = function (q) {
+      var prod = q === d.query ? d.products : d.keys.map(function (k) { return k.map(function (x, i) { return x * d.queries[q][i]; }); });
+      var ps = 0;
+      prod.forEach(function (v) { v.forEach(function (x) { ps = Math.max(ps, Math.abs(x)); }); });
+      var out = ['<table class="nx-table"><thead><tr><th>key</th><th>token</th><th>key vector</th><th>query × key</th>' +
+        '<th class="nx-num">q·k</th><th class="nx-num">score</th><th>probability</th></tr></thead><tbody>'];
+      out.push('<tr class="nx-qrow"><td class="nx-num">query ' + q + "</td><td>" + quoted(toks[q]) + "</td><td>" +
+        strip(d.queries[q], vs, "query " + q) + "</td><td></td><td></td><td></td><td></td></tr>");
+      d.keys.forEach(function (k, j) {
+        var p = d.probs[q][j];
+        out.push('<tr class="nx-qk-row' + (d.allowed[q][j] ? "" : " nx-masked") + '"><td class="nx-num">' + j + "</td><td>" +
+          quoted(toks[j]) + "</td><td>" + strip(k, vs, "key " + j) + "</td><td>" + strip(prod[j], ps, "query " + q + " × key " + j) +
+          '</td><td class="nx-num">' + fmt(d.dots[q][j]) + '</td><td class="nx-num">' + fmt(d.scores[q][j]) + '</td><td><span class="nx-pbar" style="width:' +
+          (p * 80).toFixed(1) + 'px"></span> ' + fmt(p) + "</td></tr>");
+      });
+      box.innerHTML = out.join("") + "</tbody></table>";
+    };
+    el.querySelector("select").addEventListener("change", function (ev) { draw(+ev.target.value); });
+    draw(d.query);
+  };
 
   function start() {
     tooltip();

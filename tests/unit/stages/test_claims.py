@@ -11,7 +11,8 @@ import pytest
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
 from neuron_explainer.stages.claims import ClaimState, UnitClaims, claim_name
-from neuron_explainer.stages.runtime import PartWriter, StageReport, UnitQueue, UnitResult, run_units
+from neuron_explainer.stages.runtime import StageReport
+from neuron_explainer.stages.units import PartWriter, UnitQueue, UnitResult, run_units
 
 KEY = (3, 17, "fake:fake-model", "v1")
 

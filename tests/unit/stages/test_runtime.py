@@ -8,14 +8,8 @@ import pytest
 from neuron_explainer.datatypes import Failure
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import failure_row, read_table
-from neuron_explainer.stages.runtime import (
-    FailureBudgetExceeded,
-    PartWriter,
-    StageReport,
-    UnitResult,
-    check_failure_budget,
-    run_units,
-)
+from neuron_explainer.stages.runtime import FailureBudgetExceeded, StageReport, check_failure_budget
+from neuron_explainer.stages.units import PartWriter, UnitResult, run_units
 
 
 def row(unit: int) -> dict:
