@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.logging import RichHandler
 
 from neuron_explainer.cli.progress import StageView, console, print_report, say
 from neuron_explainer.config import RunConfig, load_config, parse_set_options
+from neuron_explainer.config.sections import Shard
 from neuron_explainer.errors import ConfigError, NeuronExplainerError
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.stages import STAGES, Deps, StageReport, check_failure_budget, stage_module
@@ -98,6 +100,18 @@ def parse_layers(text: str | None) -> list[int] | None:
     except ValueError:
         raise ConfigError(f"--layers must look like 0,5,11 or 0-5, got {text!r}") from None
     return layers
+
+
+def parse_shard(text: str) -> Shard:
+    """`i/N` as a Shard.
+
+    Raises:
+        ConfigError: anything else, or i >= N.
+    """
+    try:
+        return Shard.model_validate(text)
+    except ValidationError as e:
+        raise ConfigError(f"--shard {text!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def parse_range(text: str | None, flag: str) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@ import typer
 from neuron_explainer.cli import common
 from neuron_explainer.cli.common import app
 from neuron_explainer.cli.progress import out, say
+from neuron_explainer.config.sections import RunConfig
 from neuron_explainer.errors import ConfigError
 
 Opt = typer.Option
@@ -36,11 +37,18 @@ def harvest(
     excerpt_range: Annotated[str | None, Opt(help="START:STOP shard of the excerpt stream.")] = None,
     features: Annotated[str | None, Opt(help="mlp (default), sae:PATH or directions:FILE.")] = None,
     hook: Annotated[str | None, Opt(help="For sae: the hook, MODULE[:input|output], a TL name, or IN->OUT.")] = None,
+    shard: Annotated[
+        str | None, Opt(help="Harvest excerpt-range shard i/N into <out>/shards/i-of-N; `merge` joins them.")
+    ] = None,
     overrides: common.SetOpt = None,
     force: Annotated[bool, Opt("--force", help="Delete an existing harvest with another config.")] = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
-    """Harvest MLP neuron activations: top, random and quantile excerpts plus statistics, to Parquet."""
+    """Harvest MLP neuron activations: top, random and quantile excerpts plus statistics, to Parquet.
+
+    Under `torchrun --nproc-per-node N`, each rank harvests its share of the excerpts on its own device
+    and rank 0 merges them into --out.
+    """
     common.setup_logging(verbose)
     with common.user_errors():
         flags = {
@@ -64,7 +72,27 @@ def harvest(
             "corpus.excerpts_per_doc": excerpts_per_doc,
         }
         cfg = common.build_config(config, overrides, {f"harvest.{k}": v for k, v in flags.items()} | {"out": out_dir})
-        common.run_stage(cfg.model_copy(update={"neurons": None}), "harvest", force=force)
+        harvest_in_shards(cfg.model_copy(update={"neurons": None}), shard, force)
+
+
+def harvest_in_shards(cfg: RunConfig, shard: str | None, force: bool) -> None:
+    """The harvest of `cfg`: whole, one shard of it (`--shard`), or every rank's shard under torchrun."""
+    from neuron_explainer.stages.harvest_shards import harvest_distributed, shard_config, torchrun_rank
+
+    rank = torchrun_rank()
+    if rank is not None:
+        if shard is not None:
+            raise ConfigError("--shard and torchrun both split the harvest: use one of them")
+        manifest = harvest_distributed(cfg, rank, lambda c: common.run_stage(c, "harvest", force=force), say)
+        if manifest is not None:
+            say(f"merged {rank.world_size} ranks' shards: {manifest['harvest']['result']['n_excerpts']:,} excerpts")
+        return
+    if shard is None:
+        common.run_stage(cfg, "harvest", force=force)
+        return
+    part = common.parse_shard(shard)
+    common.run_stage(shard_config(cfg, part), "harvest", force=force)
+    say(f"when all {part.count} shards are done: neuron-explainer merge --out {cfg.out} {cfg.out}/shards/*")
 
 
 @app.command()
