@@ -126,26 +126,37 @@ def export_dataset(run_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
     return counts
 
 
+FEATURE_WORDS = {
+    "mlp": ("MLP neurons", "the input of the MLP output projection"),
+    "sae": ("sparse-autoencoder latents", "the latent's value when the coder encodes its hooked activation"),
+    "directions": ("directions in MLP activation space", "the MLP activations projected on the direction"),
+}
+"""Feature kind -> (what the card calls the features, what their activation is)."""
+
+
 def _card(manifest: dict[str, Any], counts: dict[str, int], summary: str) -> str:
     h = manifest["harvest"]
     model, corpus = h.get("model", {}), h.get("corpus", {})
+    features = h.get("features", {"kind": "mlp"})
+    what, value = FEATURE_WORDS.get(features.get("kind", "mlp"), FEATURE_WORDS["mlp"])
     rows = "\n".join(f"| `{name}` | {n:,} | {table_description(name)} |" for name, n in counts.items())
-    return f"""# Neuron explanations: {model.get("spec", model.get("id", "unknown model"))}
+    return f"""# Explanations of {what}: {model.get("spec", model.get("id", "unknown model"))}
 
-Automatic explanations of MLP neurons, made with neuron-explainer {__version__} after Bills et al.,
+Automatic explanations of {what}, made with neuron-explainer {__version__} after Bills et al.,
 "Language models can explain neurons in language models" (OpenAI, 2023).
 
 ## Provenance
 
 - subject model: `{json.dumps(model, sort_keys=True)}`
 - corpus: `{json.dumps(corpus, sort_keys=True)}`
-- layers {h["layers"]}, {h["n_neurons"]} neurons each; excerpts of {h["excerpt_len"]} tokens; seed {h["seed"]}
+- features: `{json.dumps(features, sort_keys=True)}` (the `neuron` column numbers them)
+- layers {h["layers"]}, {h["n_neurons"]} features each; excerpts of {h["excerpt_len"]} tokens; seed {h["seed"]}
 - harvest config and versions: `manifest.json`
 
 ## Methods
 
-Harvest: every neuron's top-activating excerpts, uniformly random excerpts and per-quantile samples from
-one pass over the corpus (activation = input of the MLP output projection). Explain: an explainer model
+Harvest: every feature's top-activating excerpts, uniformly random excerpts and per-quantile samples from
+one pass over the corpus (activation = {value}). Explain: an explainer model
 reads 5 train-split top excerpts (activations as integers 0-10). Simulate: a simulator model predicts
 each token's activation from the explanation alone (expected value over its label probabilities).
 Score: Pearson correlation pooled over the valid split's 5 top + 5 random excerpts (top-and-random) and

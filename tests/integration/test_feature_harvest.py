@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from neuron_explainer.errors import ConfigError
+from neuron_explainer.errors import ConfigError, RunDirError
 from neuron_explainer.features.hooks import HookSpec, capture_activations
 from neuron_explainer.stages.harvest import HarvestRun
 from tests.integration.test_harvest_reference import assert_layer_matches, harvest_cfg
@@ -178,6 +178,15 @@ def test_every_stage_runs_on_sae_latents(tiny_model_dirs, corpus_file, tmp_path)
         run_stage("baselines", run_cfg)
     lookup = stage_config(store.root, **{**sections, "baselines": {"kinds": ["lookup"], "held_out_excerpts": 20}})
     assert run_stage("baselines", lookup).completed == 2
+    from neuron_explainer.export.dataset import export_dataset
+    from neuron_explainer.export.openai_export import export_openai
+
+    counts = export_dataset(store.root, tmp_path / "dataset")  # the dataset export takes features of any kind
+    card = (tmp_path / "dataset" / "README.md").read_text()
+    assert "Explanations of sparse-autoencoder latents" in card and '"kind": "sae"' in card
+    assert counts["ablation_scores"] == len(scores) and counts["explanations"] == len(read_table(store, "explanations"))
+    with pytest.raises(RunDirError, match="MLP neurons"):  # OpenAI's format is for MLP neurons
+        export_openai(store.root, tmp_path / "openai")
 
 
 def read_table_records_neurons(store) -> list[int]:
