@@ -195,12 +195,13 @@ def classify(exc: BaseException, base_url: str, api_key_env: str) -> BackendErro
     return RetryableBackendError(f"{base_url} sent a malformed answer: {type(exc).__name__}: {exc}"[:500])
 
 
-def pooled_http_client(max_in_flight: int) -> Any:
-    """One HTTP client for all of a back end's requests (its replicas' too), sized for `max_in_flight`.
+def pooled_http_client(keep_alive: int) -> Any:
+    """One HTTP client for all of a back end's requests (its replicas' too), keeping `keep_alive` connections.
 
     Connections are not capped here, so nothing queues behind the client's pool: the managed wrapper's
-    `max_in_flight` is the one limit. `max_in_flight` of them stay open between requests for reuse
-    (the openai package keeps 100, which would make a larger `max_in_flight` reconnect all the time).
+    `max_in_flight` is the one limit. Up to `keep_alive` idle connections stay open for reuse: the
+    registry asks for `max_in_flight` per replica, since with fewer the replicas' connections evict each
+    other and requests reconnect (the openai package keeps 100, too few for a large `max_in_flight`).
     """
     import openai
 
@@ -209,7 +210,7 @@ def pooled_http_client(max_in_flight: int) -> Any:
     except ImportError:
         import httpx  # type: ignore[no-redef]
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=max_in_flight)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=keep_alive)
     return openai.DefaultAsyncHttpxClient(limits=limits)
 
 

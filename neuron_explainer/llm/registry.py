@@ -62,7 +62,7 @@ def _http(kind: str, rest: str, settings: LLMConfig) -> LLMBackend:
     from neuron_explainer.llm.replicas import ReplicaPool
 
     model, urls = base_urls(kind, rest)
-    client = pooled_http_client(settings.max_in_flight)  # one connection pool for all replicas
+    client = pooled_http_client(settings.max_in_flight * len(urls))  # one connection pool for all replicas
     replicas = [
         OpenAICompatBackend(
             model,

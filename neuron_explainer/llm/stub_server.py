@@ -32,6 +32,8 @@ class StubServer(http.server.ThreadingHTTPServer):
         self.latency, self.fail_status = latency, fail_status
         self.posts = 0
         """Requests received."""
+        self.connections = 0
+        """TCP connections accepted (a client that reuses its connections opens few)."""
         self.active = 0
         self.peak = 0
         """Most requests outstanding at once since the last `stats()`."""
@@ -51,6 +53,11 @@ class StubServer(http.server.ThreadingHTTPServer):
             self.active += delta
             self.peak = max(self.peak, self.active)
 
+    def connected(self) -> None:
+        """Count one connection accepted."""
+        with self._lock:
+            self.connections += 1
+
     def stats(self) -> dict[str, int]:
         """Requests received and the most outstanding at once; starts counting the peak anew."""
         with self._lock:
@@ -67,6 +74,11 @@ class StubHandler(http.server.BaseHTTPRequestHandler):
     """Headers and body go out in two writes; with Nagle's algorithm the body would wait for the client's
     delayed acknowledgement (about 40 ms on Linux)."""
     server: StubServer
+
+    def setup(self) -> None:
+        """Count the connection."""
+        super().setup()
+        self.server.connected()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         """Stay quiet: thousands of requests."""

@@ -296,3 +296,22 @@ def test_over_http_a_dead_and_a_failing_replica_are_taken_out() -> None:
     dead_status, failing_status, healthy_status = pool.status()
     assert not dead_status["in_service"] and not failing_status["in_service"] and healthy_status["in_service"]
     assert "HTTP 503" in pool.replicas[1].last_error and healthy_status["answered"] == 12
+
+
+def test_replicas_keep_their_connections_open() -> None:
+    # one request at a time, alternating between two servers: each keeps its one connection
+    from neuron_explainer.llm.stub_server import serve_stub
+
+    with serve_stub(0.0) as a, serve_stub(0.0) as b:
+        settings = LLMConfig(max_in_flight=1)
+        backend = ManagedBackend(build_backend(f"openai:m@{a.base_url},{b.base_url}", settings), settings)
+
+        async def go() -> None:
+            try:
+                for i in range(10):
+                    await ask(backend, str(i))
+            finally:
+                await backend.aclose()
+
+        asyncio.run(go())
+    assert (a.posts, b.posts) == (5, 5) and (a.connections, b.connections) == (1, 1)
