@@ -258,6 +258,11 @@ class LLMConfig(FrozenConfig):
     """Attempts per request (retryable failures only: timeouts, 408/409/429/5xx, malformed answers)."""
     max_backoff_seconds: float = Field(default=30.0, ge=0)
     """Cap of the jittered exponential wait between attempts."""
+    replica_cooldown_seconds: float = Field(default=2.0, gt=0)
+    """How long a replica (of a spec with several base URLs) that failed is left out; doubled with each
+    failure in a row."""
+    replica_max_cooldown_seconds: float = Field(default=120.0, gt=0)
+    """Cap of a failing replica's cool-down."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key of HTTP back ends (read when a back end is built; never stored)."""
     cache: bool = True

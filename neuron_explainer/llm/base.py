@@ -43,6 +43,14 @@ class RetryableBackendError(BackendError):
     """
 
 
+class UnavailableError(RetryableBackendError):
+    """The server itself failed, not the request: unreachable, timed out, or HTTP 5xx.
+
+    A replica pool (llm/replicas.py) takes a replica that raises it out of service for a while; like
+    every RetryableBackendError it is retried by the managed wrapper, so the next attempt lands elsewhere.
+    """
+
+
 @dataclass(frozen=True)
 class Message:
     """One chat message."""

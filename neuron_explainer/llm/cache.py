@@ -31,6 +31,12 @@ class CachedBackend:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
+        # Every answer is written from the event loop as it arrives. With the default rollback journal each
+        # commit waits for an fsync (26 ms here), which capped a whole run at about 40 answers/s whatever
+        # `max_in_flight`; a write-ahead log without a sync per commit takes 0.3 ms. An application crash
+        # loses nothing; a power cut may lose the last answers, which are then requested again.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self._db.commit()
         self.hits = 0

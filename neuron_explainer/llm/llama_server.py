@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from neuron_explainer.llm.base import BackendError
 
@@ -29,12 +30,31 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_gguf(
-    gguf: str | Path, *, api_key: str | None = None, n_ctx: int = 4096, startup_timeout: float = 120.0
-) -> Iterator[str]:
+def serve_gguf(gguf: str | Path, **options: Any) -> Iterator[str]:
     """Start `python -m llama_cpp.server` for `gguf` and yield its base URL (`http://127.0.0.1:<port>/v1`).
 
-    `--logits_all` is on, as echoed prompt logprobs need it. The server is stopped on exit.
+    `options` are serve_gguf_process's. The server is stopped on exit.
+
+    Raises:
+        BackendError: llama_cpp.server is not installed, exits, or does not answer within the timeout.
+    """
+    with serve_gguf_process(gguf, **options) as (_, base):
+        yield base
+
+
+@contextmanager
+def serve_gguf_process(
+    gguf: str | Path,
+    *,
+    api_key: str | None = None,
+    n_ctx: int = 4096,
+    startup_timeout: float = 120.0,
+    logits_all: bool = True,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """As serve_gguf, yielding the server's process too (tests kill it to see a replica fail).
+
+    `--logits_all` is on unless `logits_all=False`: echoed prompt logprobs need it, chat completions do not
+    (and are several times faster without it). The server is stopped on exit.
 
     Raises:
         BackendError: llama_cpp.server is not installed, exits, or does not answer within the timeout.
@@ -47,7 +67,7 @@ def serve_gguf(
         ) from e
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--n_ctx", str(n_ctx), "--logits_all", "true", "--verbose", "false"]
+    cmd += ["--port", str(port), "--n_ctx", str(n_ctx), "--logits_all", str(logits_all).lower(), "--verbose", "false"]
     if api_key:
         cmd += ["--api_key", api_key]
     with open(os.devnull, "w") as log:
@@ -66,7 +86,7 @@ def serve_gguf(
                     break
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
                     time.sleep(0.5)
-            yield base
+            yield proc, base
         finally:
             proc.terminate()
             try:

@@ -4,7 +4,8 @@ Back ends do transport only (one attempt per call) and raise RetryableBackendErr
 another try. `ManagedBackend` adds, in this one place and from the `llm:` config section:
 - at most `max_in_flight` calls outstanding (a semaphore per event loop, so a back end survives
   being used by several `asyncio.run` calls);
-- a time limit per attempt (not for in-process back ends: a forward pass cannot be interrupted);
+- a time limit per attempt (not for in-process back ends: a forward pass cannot be interrupted; a
+  replica pool, llm/replicas.py, enforces it itself, per replica, so a replica that hangs is taken out);
 - up to `max_attempts` attempts with jittered exponential back-off capped at `max_backoff_seconds`;
   other errors are never retried.
 The response cache (llm/cache.py) wraps this wrapper, so cache hits skip the limits.
@@ -54,7 +55,7 @@ class ManagedBackend:
 
     async def _once(self, call: Callable[[], Awaitable[T]]) -> T:
         self.attempts += 1
-        if getattr(self.inner, "in_process", False):
+        if getattr(self.inner, "in_process", False) or getattr(self.inner, "enforces_timeout", False):
             return await call()
         try:
             return await asyncio.wait_for(call(), self.settings.timeout_seconds)

@@ -25,6 +25,7 @@ from neuron_explainer.llm.base import (
     Message,
     RetryableBackendError,
     TokenLogprobs,
+    UnavailableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,7 @@ def build_echo_payload(model: str, prompt: str, top_k: int) -> dict[str, Any]:
 
 def build_vllm_payload(model: str, prompt: str, top_k: int) -> dict[str, Any]:
     """Echo (for the tokens and their text offsets) plus vLLM's `prompt_logprobs` (for the distributions)."""
-    body = build_echo_payload(model, prompt, 1)
-    body["extra_body"] = {"prompt_logprobs": top_k}
-    return body
+    return {**build_echo_payload(model, prompt, 1), "prompt_logprobs": top_k}
 
 
 def parse_vllm_prompt_logprobs(
@@ -176,18 +175,43 @@ def _alignment(tokens: list[str], own: list[float | None], tops: list[dict[str, 
 
 
 def classify(exc: BaseException, base_url: str, api_key_env: str) -> BackendError:
-    """The typed error of one failed request: retryable (timeouts, 408/409/429/5xx) or not (other 4xx)."""
+    """The typed error of one failed request: retryable (timeouts, 408/409/429/5xx) or not (other 4xx).
+
+    Failures of the server rather than of the request (connection errors, timeouts, 500/502/503/504) are
+    UnavailableError, the retryable kind that also takes a replica out of a pool.
+    """
     import openai
 
     if isinstance(exc, openai.AuthenticationError):
         return BackendError(f"{base_url} refused the API key (HTTP 401): set ${api_key_env}")
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code in RETRYABLE_STATUS:
-            return RetryableBackendError(f"{base_url} answered HTTP {exc.status_code}: {exc.message}"[:500])
+            # 500/502/503/504: the server is failing, not the request, so a replica pool takes it out
+            kind = UnavailableError if exc.status_code >= 500 else RetryableBackendError
+            return kind(f"{base_url} answered HTTP {exc.status_code}: {exc.message}"[:500])
         return BackendError(f"{base_url} answered HTTP {exc.status_code} (not retryable): {exc.message}"[:500])
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
-        return RetryableBackendError(f"{base_url} unreachable or timed out: {exc}")
+        return UnavailableError(f"{base_url} unreachable or timed out: {exc}")
     return RetryableBackendError(f"{base_url} sent a malformed answer: {type(exc).__name__}: {exc}"[:500])
+
+
+def pooled_http_client(keep_alive: int) -> Any:
+    """One HTTP client for all of a back end's requests (its replicas' too), keeping `keep_alive` connections.
+
+    Connections are not capped here, so nothing queues behind the client's pool: the managed wrapper's
+    `max_in_flight` is the one limit. Up to `keep_alive` idle connections stay open for reuse: the
+    registry asks for `max_in_flight` per replica, since with fewer the replicas' connections evict each
+    other and requests reconnect (the openai package keeps 100, too few for a large `max_in_flight`).
+    """
+    import openai
+
+    try:  # the openai package ships its HTTP client as httpx2 in recent releases, httpx before
+        import httpx2 as httpx
+    except ImportError:
+        import httpx  # type: ignore[no-redef]
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=keep_alive)
+    return openai.DefaultAsyncHttpxClient(limits=limits)
 
 
 MALFORMED = (ValueError, KeyError, IndexError, TypeError, AttributeError)
@@ -230,19 +254,28 @@ class OpenAICompatBackend:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         """Tokens as the server's `usage` reports them (successful responses only)."""
 
-    async def _call(self, fn: Any, **body: Any) -> Any:
-        """One attempt; every failure becomes a typed BackendError (retryable or not)."""
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One attempt: POST `body` and return the answer's JSON; every failure becomes a typed BackendError.
+
+        The openai client's low-level `post` with `cast_to=object` returns plain JSON: it skips the typed
+        parameter transformation and response models of `chat.completions.create`, which cost more CPU
+        per request than all of the HTTP (benchmarks/http_load.py) and would cap the rate at high
+        `max_in_flight`.
+        """
         import openai
 
         self.requests += 1
         try:
-            resp = await fn(**body)
+            resp = await self._client.post(path, body=body, cast_to=object)
         except (openai.OpenAIError, *MALFORMED) as e:
             raise classify(e, self.base_url, self.api_key_env) from e
-        usage = getattr(resp, "usage", None)
-        if usage is not None:
-            self.usage["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
-            self.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
+        if not isinstance(resp, dict):
+            raise self._malformed(f"{type(resp).__name__} instead of a JSON object")
+        usage = resp.get("usage")
+        if isinstance(usage, dict):
+            for key in self.usage:
+                count = usage.get(key)
+                self.usage[key] += count if isinstance(count, int) else 0
         return resp
 
     def _malformed(self, what: str) -> RetryableBackendError:
@@ -250,32 +283,30 @@ class OpenAICompatBackend:
 
     async def generate(self, messages: Sequence[Message], params: GenerateParams) -> list[str]:
         """Chat completions; one string per choice."""
-        resp = await self._call(
-            self._client.chat.completions.create, **build_chat_payload(self.model, messages, params)
-        )
+        resp = await self._post("/chat/completions", build_chat_payload(self.model, messages, params))
         try:
-            texts = [c.message.content or "" for c in resp.choices]
+            texts = [c["message"]["content"] or "" for c in resp["choices"]]
         except MALFORMED as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from e
-        if len(texts) != params.n:
-            raise self._malformed(f"{len(texts)} choices for {params.n} requested")
+        if len(texts) != params.n or not all(isinstance(t, str) for t in texts):
+            raise self._malformed(f"{len(texts)} choices for {params.n} requested, or one not text")
         return texts
 
     async def prompt_logprobs(self, prompt: str, top_k: int, include: Sequence[str] = ()) -> list[TokenLogprobs]:
         """Prompt logprobs from /completions: echo, or vLLM's prompt_logprobs (`include` is ignored over HTTP)."""
         build = build_vllm_payload if self.logprobs_api == "vllm" else build_echo_payload
-        resp = await self._call(self._client.completions.create, **build(self.model, prompt, top_k))
+        resp = await self._post("/completions", build(self.model, prompt, top_k))
         try:
-            choice = resp.choices[0]
-            lp = choice.logprobs
-            echo = None if lp is None else lp.model_dump() if hasattr(lp, "model_dump") else dict(lp)
+            choice = resp["choices"][0]
+            echo = choice.get("logprobs")
         except MALFORMED as e:
             raise self._malformed(f"{type(e).__name__}: {e}") from e
         if echo is None:
             raise BackendError(f"{self.base_url} returned no logprobs for an echo request")
+        if not isinstance(echo, dict):
+            raise self._malformed(f"logprobs are a {type(echo).__name__}, not an object")
         if self.logprobs_api == "vllm":
-            extra = getattr(choice, "model_extra", None) or {}
-            return parse_vllm_prompt_logprobs(prompt, echo, extra.get("prompt_logprobs"))
+            return parse_vllm_prompt_logprobs(prompt, echo, choice.get("prompt_logprobs"))
         return parse_echo_logprobs(prompt, echo)
 
     async def aclose(self) -> None:

@@ -2,7 +2,9 @@
 
 Specs: `local:<model>` (hub id, directory, .gguf file or builtin:<name>), `openai:<model>@<base-url>`
 (any OpenAI-compatible server; prompt logprobs by echo), `vllm:<model>@<base-url>` (a vLLM server; prompt
-logprobs by its `prompt_logprobs` extension), `fake` / `fake:oracle` (tests and dry runs).
+logprobs by its `prompt_logprobs` extension), `fake` / `fake:oracle` (tests and dry runs). An HTTP spec may
+name several replicas of one server, `vllm:<model>@http://h1:8000/v1,http://h2:8000/v1`: requests are
+spread over them by load and a failing one is taken out for a while (llm/replicas.py).
 Every back end the pool builds is wrapped the same way, from the `llm:` config section:
 ManagedBackend (concurrency, timeouts, retries) inside CachedBackend (the run's response cache).
 """
@@ -39,19 +41,46 @@ def build_local(rest: str, settings: LLMConfig) -> LLMBackend:
     return LocalBackend.load(rest, device=settings.device, dtype=settings.dtype)
 
 
-def _http(kind: str, rest: str, settings: LLMConfig) -> LLMBackend:
-    model, _, base_url = rest.partition("@")
-    if not model or (kind == "vllm" and not base_url):
-        where = "[@<base-url>]" if kind == "openai" else "@<base-url>"
-        raise ConfigError(f"{kind} back end needs a model: {kind}:<model>{where}")
-    from neuron_explainer.llm.openai_compat import OpenAICompatBackend
+def base_urls(kind: str, rest: str) -> tuple[str, list[str]]:
+    """The model and the base URLs of an HTTP spec's `<model>[@<url>[,<url>...]]`.
 
-    return OpenAICompatBackend(
-        model,
-        base_url or "https://api.openai.com/v1",
-        api_key_env=settings.api_key_env,
+    Raises:
+        ConfigError: no model, no URL where one is needed, an empty or repeated URL.
+    """
+    model, _, urls = rest.partition("@")
+    if not model or (kind == "vllm" and not urls):
+        where = "[@<base-url>[,<base-url>...]]" if kind == "openai" else "@<base-url>[,<base-url>...]"
+        raise ConfigError(f"{kind} back end needs a model: {kind}:<model>{where}")
+    found = [u.strip() for u in urls.split(",")] if urls else ["https://api.openai.com/v1"]
+    if not all(found) or len(set(found)) < len(found):
+        raise ConfigError(f"{kind}:{rest}: the base URLs after '@' must be distinct and comma-separated")
+    return model, found
+
+
+def _http(kind: str, rest: str, settings: LLMConfig) -> LLMBackend:
+    from neuron_explainer.llm.openai_compat import OpenAICompatBackend, pooled_http_client
+    from neuron_explainer.llm.replicas import ReplicaPool
+
+    model, urls = base_urls(kind, rest)
+    client = pooled_http_client(settings.max_in_flight * len(urls))  # one connection pool for all replicas
+    replicas = [
+        OpenAICompatBackend(
+            model,
+            url,
+            api_key_env=settings.api_key_env,
+            timeout=settings.timeout_seconds,
+            logprobs_api="vllm" if kind == "vllm" else "echo",
+            http_client=client,
+        )
+        for url in urls
+    ]
+    if len(replicas) == 1:
+        return replicas[0]
+    return ReplicaPool(
+        replicas,
         timeout=settings.timeout_seconds,
-        logprobs_api="vllm" if kind == "vllm" else "echo",
+        cooldown=settings.replica_cooldown_seconds,
+        max_cooldown=settings.replica_max_cooldown_seconds,
     )
 
 

@@ -11,7 +11,7 @@ except ImportError:
     import httpx
 
 from neuron_explainer.config import LLMConfig
-from neuron_explainer.llm.base import BackendError, GenerateParams, Message
+from neuron_explainer.llm.base import BackendError, GenerateParams, Message, RetryableBackendError, UnavailableError
 from neuron_explainer.llm.fake import fake_tokenize
 from neuron_explainer.llm.managed import ManagedBackend
 from neuron_explainer.llm.openai_compat import (
@@ -118,6 +118,16 @@ def test_transient_errors_are_retried(status: int) -> None:
     backend, seen = backend_with([(status, ERR), (status, ERR), (200, CHAT_OK)])
     assert asyncio.run(backend.generate([Message("user", "u")], GenerateParams())) == ["hi"]
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize(("status", "server_failed"), [(429, False), (409, False), (500, True), (503, True)])
+def test_server_failures_are_unavailable_errors(status: int, server_failed: bool) -> None:
+    # UnavailableError takes a replica out of its pool; a rate limit or a conflict does not
+    backend, _ = backend_with([(status, ERR)], max_attempts=1)
+    with pytest.raises(BackendError) as info:
+        asyncio.run(backend.generate([Message("user", "u")], GenerateParams()))
+    assert isinstance(info.value.__cause__, UnavailableError) is server_failed
+    assert isinstance(info.value.__cause__, RetryableBackendError)
 
 
 def test_retries_are_bounded() -> None:
