@@ -26,8 +26,14 @@ from torch import nn
 
 from neuron_explainer.activations.hookpoints import HookPoint
 from neuron_explainer.activations.sources import ActivationSource
-from neuron_explainer.directions.covariance import StreamingCovariance, covariance_path, read_npz, write_npz
-from neuron_explainer.directions.whitening import EIGEN_FLOOR, Whitener
+from neuron_explainer.directions.covariance import (
+    EIGEN_FLOOR,
+    StreamingCovariance,
+    Whitener,
+    covariance_path,
+    read_npz,
+    write_npz,
+)
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.features.hooks import HookSpec, add_at_hook
 
@@ -139,9 +145,10 @@ class DirectionSource:
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Only the file's layer has directions."""
-        other = [layer for layer in layers if layer != self.layer]
-        if other:
-            raise ConfigError(f"the directions are over layer {self.layer} only, not {other}")
+        if set(layers) - {self.layer}:
+            raise ConfigError(
+                f"the directions are over layer {self.layer} only, not {sorted(set(layers) - {self.layer})}"
+            )
 
     @torch.no_grad()
     def activations(self, input_ids: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:

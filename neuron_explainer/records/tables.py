@@ -40,24 +40,26 @@ STAGE_TABLES = (
 """The tables stages write as part files (columns and meanings: records/tables.yaml)."""
 
 
-def read_table(store: RunStore, name: str) -> pd.DataFrame:
-    """All part files of a stage table as one DataFrame (empty, with the schema's columns, if none).
+def read_table(store: RunStore, name: str, *, folder: str | None = None) -> pd.DataFrame:
+    """All part files of a table as one DataFrame (empty, with the schema's columns, if none).
+
+    Stage tables live in `<run>/<name>/`; others in `<run>/<folder>/<name>/` (e.g. `directions`).
 
     Raises:
         RunDirError: a part file is corrupt or unreadable.
     """
     schema = table_schema(name)
-    path = store.root / name
+    path = store.root / (folder or "") / name
     parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else []
     if not parts:
         return schema.empty_table().to_pandas()
     return read_parquet(parts, schema=schema, what=f"a part file of {name}").to_pandas()
 
 
-def write_part(store: RunStore, name: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows to a stage table as a new atomic part file (a unique name: writers may share a run)."""
+def write_part(store: RunStore, name: str, rows: Sequence[dict[str, Any]], *, folder: str | None = None) -> None:
+    """Append rows to a table as a new atomic part file (a unique name: writers may share a run)."""
     if rows:
-        path = store.root / name / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        path = store.root / (folder or "") / name / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         write_table_atomic(pa.Table.from_pylist(list(rows), schema=table_schema(name)), path)
 
 

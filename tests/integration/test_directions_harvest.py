@@ -13,9 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
-from neuron_explainer.directions.covariance import StreamingCovariance, covariance_path
+from neuron_explainer.directions.covariance import EIGEN_FLOOR, StreamingCovariance, covariance_path
 from neuron_explainer.directions.source import write_directions
-from neuron_explainer.directions.whitening import EIGEN_FLOOR
 from neuron_explainer.errors import ConfigError
 from neuron_explainer.records.merge import merge_runs
 from neuron_explainer.stages import harvest as harvest_stage

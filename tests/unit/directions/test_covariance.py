@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuron_explainer.directions.covariance import StreamingCovariance, write_npz
-from neuron_explainer.directions.whitening import EIGEN_FLOOR, Whitener
+from neuron_explainer.directions.covariance import EIGEN_FLOOR, StreamingCovariance, Whitener, write_npz
 from neuron_explainer.errors import ConfigError
 
 
