@@ -16,24 +16,32 @@ Opt = typer.Option
 
 
 def directions_table(title: str, summary: Any) -> Any:
-    """Per direction: explanation, score at round 0 (random start), score after the last round; then the mean."""
+    """A rich table of a search's summary (directions.results.summary), with the means.
+
+    Per direction: explanation, held-out score at round 0 (random start) and after the last round, the
+    last score on the search's own excerpts, and the neurons needed.
+    """
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("direction", "explanation", "round 0", "final", "neurons for 90 %"):
+    for col in ("direction", "explanation", "round 0", "final", "final (search excerpts)", "neurons for 90 %"):
         table.add_column(col, justify="left" if col == "explanation" else "right")
+
+    def score(value: Any) -> str:
+        return fmt_score(float("nan") if value is None else float(value))
+
     for row in summary.itertuples():
-        needed = "-" if row.neurons_for_90 != row.neurons_for_90 or row.neurons_for_90 is None else row.neurons_for_90
+        needed = row.neurons_for_90
         table.add_row(
             str(row.direction),
             row.explanation if isinstance(row.explanation, str) else "(none scored)",
-            fmt_score(float("nan") if row.score_start is None else row.score_start),
-            fmt_score(float("nan") if row.score_final is None else row.score_final),
-            str(int(needed)) if needed != "-" else needed,
+            score(row.score_start),
+            score(row.score_final),
+            score(row.search_score_final),
+            "-" if needed is None or needed != needed else str(int(needed)),
         )
-    start = summary.score_start.astype(float).mean()
-    final = summary.score_final.astype(float).mean()
-    table.add_row("mean", "", fmt_score(start), fmt_score(final), "", end_section=True)
+    means = [score(summary[c].astype(float).mean()) for c in ("score_start", "score_final", "search_score_final")]
+    table.add_row("mean", "", *means, "", end_section=True)
     return table
 
 
@@ -78,5 +86,6 @@ def directions_cmd(
 
         search_id, summary = asyncio.run(go())
     kind = "raw" if raw else "whitened"
-    out.print(directions_table(f"{kind} directions of layer {layer} in {cfg.out} (top-and-random score)", summary))
+    title = f"{kind} directions of layer {layer} in {cfg.out} (top-and-random score on held-out excerpts)"
+    out.print(directions_table(title, summary))
     say(f"directions file: {directions_file(store, layer, search_id)} (search {search_id})")

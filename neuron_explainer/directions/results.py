@@ -108,7 +108,11 @@ def directions_file(store: RunStore, layer: int, search_id: str) -> Any:
 
 
 def summary(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Per direction: its explanation, its score at round 0 (random start) and at the end, neurons for 90 %."""
-    columns = ["direction", "explanation", "score_start", "score_final", "neurons_for_90"]
+    """One row per direction: explanation, scores and neurons needed.
+
+    The held-out scores at round 0 (random start) and at the end, the final score on the search's own
+    excerpts, and the neurons needed for 90 % of the final held-out score.
+    """
+    columns = ["direction", "explanation", "score_start", "score_final", "search_score_final", "neurons_for_90"]
     frame = pd.DataFrame([{c: r[c] for c in columns} for r in results], columns=columns)
     return frame.sort_values("direction").reset_index(drop=True)

@@ -19,8 +19,10 @@ a_theta = a^T Sigma^{-1/2} theta over one layer's MLP activations a. Each round:
    the scoring tokens (steps.py); then the explanation is scored afresh on the new theta's own scoring
    set (`score_after`).
 
-Every round is written as it ends (results.py), so a killed search resumes at the next round. The
-method and its choices are described in docs/method.md, "Explainable directions".
+A fraction of the pool (`held_out`, half by default) is never used by the rounds: a direction's start and
+end are scored there (`held_out_score`), since the round scores are optimistic once an update step has
+fitted theta to the scoring excerpts. Every round is written as it ends (results.py), so a killed search
+resumes at the next round. The method and its choices are in docs/method.md, "Explainable directions".
 """
 
 from __future__ import annotations
@@ -83,14 +85,24 @@ class SearchSettings:
     """Random excerpts scored (and optimised on)."""
     keep_best: int = 2
     """Earlier explanations re-scored every round (the previous round's pick always among them)."""
+    held_out: float = 0.5
+    """Fraction of the pool (seeded) the search never uses: a direction's start and end are scored there."""
+
+    def held_out_size(self, pool_size: int) -> int:
+        """Pool excerpts held out."""
+        return int(round(self.held_out * pool_size))
 
     def check(self, pool_size: int) -> None:
         """Raise ConfigError when the pool cannot supply every role disjointly."""
+        searched = pool_size - self.held_out_size(pool_size)
         needed = 2 * (self.n_explain + REVISION_TOP) + self.n_score_random + REVISION_RANDOM
-        if pool_size < needed:
-            raise ConfigError(f"the candidate pool has {pool_size} excerpts; these settings need at least {needed}")
-        if self.n_directions < 1 or self.rounds < 1 or self.update_steps < 0:
-            raise ConfigError("a search needs at least one direction, one round and no negative step count")
+        if searched < needed or self.held_out_size(pool_size) < self.n_score_top + self.n_score_random:
+            raise ConfigError(
+                f"a candidate pool of {pool_size} excerpts is too small: these settings need {needed} in the "
+                f"search and {self.n_score_top + self.n_score_random} held out"
+            )
+        if self.n_directions < 1 or self.rounds < 1 or self.update_steps < 0 or not 0 < self.held_out < 1:
+            raise ConfigError("a search needs a direction, a round, no negative step count and 0 < held_out < 1")
 
 
 @dataclass(frozen=True)
@@ -129,12 +141,18 @@ class DirectionSearch:
             "pool": [len(pool), pool.excerpt_ids[0]],
         }
         self.search_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        order = np.random.default_rng([settings.seed, settings.layer, 2]).permutation(len(pool))
+        cut = settings.held_out_size(len(pool))
+        self.held = sorted(int(i) for i in order[:cut])
+        """Pool positions held out of the search."""
+        self.searched = sorted(int(i) for i in order[cut:])
+        """Pool positions the search explains, scores and optimises on."""
 
     def reserved(self, k: int) -> list[int]:
         """Pool positions reserved for direction k's random excerpts (scoring first, then revision)."""
         s = self.settings
         rng = np.random.default_rng([s.seed, s.layer, k, 0])
-        return [int(i) for i in rng.choice(len(self.pool), s.n_score_random + REVISION_RANDOM, replace=False)]
+        return [int(i) for i in rng.choice(self.searched, s.n_score_random + REVISION_RANDOM, replace=False)]
 
     def start(self, k: int) -> np.ndarray:
         """Direction k's uniformly random unit starting vector."""
@@ -142,14 +160,23 @@ class DirectionSearch:
         theta = np.random.default_rng([s.seed, s.layer, k, 1]).standard_normal(self.pool.width)
         return theta / np.linalg.norm(theta)
 
+    def values(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(read vector, a_theta over the pool minus its mean): see the module docstring, step 1."""
+        read = self.whitener.read_vectors(theta[None])[0]
+        values = self.pool.values(read)
+        return read, values - values.mean()
+
+    @staticmethod
+    def ranked(values: np.ndarray, among: list[int], taken: set[int]) -> list[int]:
+        """Pool positions `among`, not `taken`, by their largest value, highest first (ties: lower first)."""
+        top = np.asarray(among)[np.argsort(-values[among].max(1), kind="stable")]
+        return [int(i) for i in top if int(i) not in taken]
+
     def view(self, k: int, theta: np.ndarray) -> View:
         """a_theta over the pool and the excerpts each role gets (module docstring, step 1)."""
         s, reserved = self.settings, self.reserved(k)
-        read = self.whitener.read_vectors(theta[None])[0]
-        values = self.pool.values(read)
-        values -= values.mean()  # see the module docstring: only what the explainer is shown changes
-        taken = set(reserved)
-        ranked = [int(i) for i in np.argsort(-values.max(1), kind="stable") if int(i) not in taken]
+        read, values = self.values(theta)
+        ranked = self.ranked(values, self.searched, set(reserved))
         explain_side, score_side = ranked[0::2], ranked[1::2]
         return View(
             theta,
@@ -216,21 +243,35 @@ class DirectionSearch:
                    score_before=scores[best], fit_after=fit, score_after=score_after)  # fmt: skip
         return row
 
+    async def held_out_score(self, k: int, theta: np.ndarray, text: str | None) -> tuple[float | None, int | None]:
+        """(top-and-random score, neurons needed for 90 % of it) of an explanation of theta, on held-out excerpts.
+
+        The excerpts were never shown to the explainer nor fitted by an update step: the top `n_score_top`
+        held-out excerpts by theta's values and `n_score_random` held-out random ones (seeded per direction).
+        """
+        if text is None:
+            return None, None
+        s = self.settings
+        read, values = self.values(theta)
+        rng = np.random.default_rng([s.seed, s.layer, k, 3])
+        random = [int(i) for i in rng.choice(self.held, s.n_score_random, replace=False)]
+        picked = self.ranked(values, self.held, set(random))[: s.n_score_top] + random
+        score, simulation = (await self.assistants.score([text], self.pool.records(picked, values)))[text]
+        if simulation is None or not (score or 0) > 0:
+            return score, None
+        return score, neurons_needed(self.pool.token_rows(picked), read, flat(simulation))
+
     async def finish(self, k: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Direction k's `direction_results` row from its rounds."""
-        last, theta = rows[-1], np.asarray(rows[-1]["theta_after"])
-        needed = None
-        if last["explanation"] is not None and (last["score_after"] or 0) > 0:
-            view = self.view(k, theta)
-            records = self.pool.records(view.scoring, view.values)
-            _, simulation = (await self.assistants.score([last["explanation"]], records))[last["explanation"]]
-            if simulation is not None:
-                needed = neurons_needed(self.pool.token_rows(view.scoring), view.read, flat(simulation))
+        first, last, theta = rows[0], rows[-1], np.asarray(rows[-1]["theta_after"])
+        start, _ = await self.held_out_score(k, np.asarray(first["theta_before"]), first["explanation"])
+        final, needed = await self.held_out_score(k, theta, last["explanation"])
         return {
             "search_id": self.search_id, "layer": self.settings.layer, "direction": k,
             "rounds": self.settings.rounds, "whitened": self.settings.whiten, "theta": theta.tolist(),
-            "explanation": last["explanation"], "score_start": rows[0]["score_before"],
-            "score_final": last["score_after"], "neurons_for_90": needed, "n_neurons": self.pool.width,
+            "explanation": last["explanation"], "score_start": start, "score_final": final,
+            "search_score_start": first["score_before"], "search_score_final": last["score_after"],
+            "neurons_for_90": needed, "n_neurons": self.pool.width,
             "settings": json.dumps(dataclasses.asdict(self.settings), sort_keys=True),
         }  # fmt: skip
 

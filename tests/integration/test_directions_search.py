@@ -156,22 +156,19 @@ def test_a_killed_search_resumes_to_the_same_result(run_dir: Path, tmp_path: Pat
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for target in (whole, killed):
         shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns("directions"))
-    simulator = FakeBackend(oracle=oracle)
-    asyncio.run(search_directions(RunStore(whole), deps_for(whole, simulator), settings, pool=pool, whitener=whitener))
-    calls: list[int] = []
+    asyncio.run(search_directions(RunStore(whole), deps_for(whole, FakeBackend(oracle=oracle)), settings, pool=pool,
+                                  whitener=whitener))  # fmt: skip
 
-    def dies(prompt, tokens, i):
-        if i == 0:
-            calls.append(1)
-            if len(calls) > 0.75 * len(simulator.calls):  # in direction 1, after some of its rounds
-                raise Killed
-        return oracle(prompt, tokens, i)
+    def dies(message: str) -> None:  # status lines come after a round is written
+        if message.startswith("direction 1 round 1:"):
+            raise Killed
 
+    deps = deps_for(killed, FakeBackend(oracle=oracle))
+    deps.notify = dies
     with pytest.raises(Killed):
-        asyncio.run(search_directions(RunStore(killed), deps_for(killed, FakeBackend(oracle=dies)), settings,
-                                      pool=pool, whitener=whitener))  # fmt: skip
+        asyncio.run(search_directions(RunStore(killed), deps, settings, pool=pool, whitener=whitener))
     partial = read_table(RunStore(killed), "direction_rounds", folder="directions")
-    assert settings.rounds < len(partial) < 2 * settings.rounds  # direction 0 done, direction 1 in progress
+    assert len(partial) == settings.rounds + 2  # direction 0 done, direction 1 killed after its round 1
     assert len(read_table(RunStore(killed), "direction_results", folder="directions")) == 1
     explainer = fake_explainer()
     asyncio.run(search_directions(RunStore(killed), deps_for(killed, FakeBackend(oracle=oracle), explainer), settings,
