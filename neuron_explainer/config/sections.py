@@ -85,11 +85,22 @@ class HarvestConfig(FrozenConfig):
     or `IN->OUT` for a transcoder; overrides the file's own hook."""
     whiten: bool = True
     """For `directions:`, whether the directions are over whitened activations (a^T Sigma^-1/2 theta)."""
+    covariance_layers: list[int] = []
+    """Layers whose MLP activations' covariance (count, mean and co-moment matrix, float64) the harvest also
+    accumulates over its excerpts, into <run>/covariance/layer-LLL.npz: what whitened directions need
+    (`directions:FILE`, the `directions` command). Any layers of the model; needs `features: mlp`."""
 
     @field_validator("layers")
     @classmethod
     def _sort_layers(cls, layers: list[int] | None) -> list[int] | None:
         return None if layers is None else sorted(layers)
+
+    @field_validator("covariance_layers")
+    @classmethod
+    def _check_covariance_layers(cls, layers: list[int]) -> list[int]:
+        if any(layer < 0 for layer in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"covariance_layers must be distinct layers >= 0, got {layers}")
+        return sorted(layers)
 
     @model_validator(mode="after")
     def _check(self) -> HarvestConfig:
@@ -364,9 +375,9 @@ MOVED_KEYS = {
 """Top-level keys of earlier versions -> where they live now (a config using them gets a message saying so)."""
 
 
-FEATURE_DEFAULTS = {"features": "mlp", "hook": None, "whiten": True}
-"""Settings added with feature sources; at their defaults they are left out of the hash, so runs made
-before them keep theirs."""
+FEATURE_DEFAULTS: dict[str, Any] = {"features": "mlp", "hook": None, "whiten": True, "covariance_layers": []}
+"""Settings added with feature sources (and the covariance for directions); at their defaults they are left
+out of the hash, so runs made before them keep theirs."""
 
 
 def harvest_semantic_hash(cfg: HarvestConfig) -> str:

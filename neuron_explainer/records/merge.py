@@ -22,6 +22,7 @@ import torch
 from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM, stats_table
 from neuron_explainer.activations.reducers import Moments, excerpt_keys
 from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
+from neuron_explainer.directions.covariance import merge_covariance_files
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.schema import RECORDS_WRITE_OPTIONS
 from neuron_explainer.records.store import RunStore, read_parquet, write_table_atomic
@@ -136,6 +137,7 @@ def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
                 _select(records, base.seed, base), out_store.records_path(layer), **RECORDS_WRITE_OPTIONS
             )
             write_table_atomic(_merge_stats([_read(s.stats_path(layer)) for s in stores]), out_store.stats_path(layer))
+    merge_covariance_files([s.root for s in stores], out_store.root, same_excerpts=mode == "layers")
     for s in stores if mode == "excerpts" else stores[:1]:
         for part in sorted(s.excerpts_dir.glob("part-*.parquet")):
             shutil.copy(part, _mk(out_store.excerpts_dir / part.name))

@@ -5,6 +5,7 @@ Layout:
     excerpts/part-<first id>.parquet   every harvested excerpt: token ids and strings, stored once
     records/layer-<LLL>.parquet        kept excerpts per neuron (top, random, quantile buckets)
     neuron_stats/layer-<LLL>.parquet   per-neuron moments, extremes and quantile boundaries
+    covariance/layer-<LLL>.npz         with harvest.covariance_layers: the MLP activations' covariance
     harvest_state.pt                   resumable reducer state while a harvest is in progress
 """
 
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from neuron_explainer.errors import RunDirError
 from neuron_explainer.records.schema import SCHEMA_VERSION
 
-HARVEST_OUTPUTS = ("excerpts", "records", "neuron_stats", "harvest_state.pt", "harvest_state.pt.tmp")
+HARVEST_OUTPUTS = ("excerpts", "records", "neuron_stats", "covariance", "harvest_state.pt", "harvest_state.pt.tmp")
 
 
 def write_table_atomic(table: pa.Table, path: Path, **kwargs: Any) -> None:

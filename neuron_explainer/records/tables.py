@@ -41,36 +41,39 @@ STAGE_TABLES = (
 """The tables stages write as part files (columns and meanings: records/tables.yaml)."""
 
 
-def table_parts(store: RunStore, name: str) -> list[Path]:
-    """The part files of a stage table, sorted (none if the table does not exist yet)."""
-    path = store.root / name
+def table_parts(store: RunStore, name: str, *, folder: str | None = None) -> list[Path]:
+    """The part files of a table, sorted (none if the table does not exist yet).
+
+    Stage tables live in `<run>/<name>/`; others in `<run>/<folder>/<name>/` (e.g. `directions`).
+    """
+    path = store.root / (folder or "") / name
     return sorted(path.glob("part-*.parquet")) if path.is_dir() else []
 
 
-def read_table(store: RunStore, name: str) -> pd.DataFrame:
-    """All part files of a stage table as one DataFrame (empty, with the schema's columns, if none).
+def read_table(store: RunStore, name: str, *, folder: str | None = None) -> pd.DataFrame:
+    """All part files of a table as one DataFrame (empty, with the schema's columns, if none).
 
     Raises:
         RunDirError: a part file is corrupt or unreadable.
     """
     schema = table_schema(name)
-    parts = table_parts(store, name)
+    parts = table_parts(store, name, folder=folder)
     if not parts:
         return schema.empty_table().to_pandas()
     return read_parquet(parts, schema=schema, what=f"a part file of {name}").to_pandas()
 
 
-def write_part_table(store: RunStore, name: str, table: pa.Table) -> None:
-    """Append an Arrow table to a stage table as a new atomic part file (a unique name: writers may share a run)."""
+def write_part_table(store: RunStore, name: str, table: pa.Table, *, folder: str | None = None) -> None:
+    """Append an Arrow table to a table as a new atomic part file (a unique name: writers may share a run)."""
     if table.num_rows:
-        path = store.root / name / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        path = store.root / (folder or "") / name / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         write_table_atomic(table.cast(table_schema(name)), path)
 
 
-def write_part(store: RunStore, name: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows to a stage table as a new atomic part file."""
+def write_part(store: RunStore, name: str, rows: Sequence[dict[str, Any]], *, folder: str | None = None) -> None:
+    """Append rows to a table as a new atomic part file."""
     if rows:
-        write_part_table(store, name, pa.Table.from_pylist(list(rows), schema=table_schema(name)))
+        write_part_table(store, name, pa.Table.from_pylist(list(rows), schema=table_schema(name)), folder=folder)
 
 
 def only_neurons(table: pd.DataFrame, neurons: set[tuple[int, int]] | None) -> pd.DataFrame:

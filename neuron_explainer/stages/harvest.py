@@ -30,6 +30,7 @@ from neuron_explainer.activations.subject import wants_bos
 from neuron_explainer.activations.text import decode_tokens
 from neuron_explainer.config.sections import HarvestConfig, harvest_config_diff, harvest_semantic_hash
 from neuron_explainer.datatypes import N_BUCKETS, QUANTILES
+from neuron_explainer.directions.covariance import HarvestCovariance, covariance_layers
 from neuron_explainer.errors import CorpusError, RunDirError
 from neuron_explainer.features.source import make_source, source_options
 from neuron_explainer.plan import HarvestPlan, estimate_disk_bytes
@@ -98,6 +99,8 @@ class HarvestRun:
         self.source = make_source(cfg.features, self.subject.model, self.subject.hook_point, **source_options(cfg))
         self.layers = sorted(cfg.layers) if cfg.layers is not None else self.source.default_layers()
         self.source.check_layers(self.layers)
+        self.covariance_layers = covariance_layers(cfg, self.source)
+        self.capture_layers = sorted(set(self.layers) | set(self.covariance_layers))
         self.tokenizer = self.subject.tokenizer
         self.bos = wants_bos(self.tokenizer, cfg.prepend_bos)
         self.corpus = open_corpus(cfg.corpus)
@@ -233,6 +236,7 @@ class HarvestRun:
                 **RECORDS_WRITE_OPTIONS,
             )
             write_table_atomic(stats, self.store.stats_path(layer))
+        loop.covariance.write(self.store.root)
         result = {
             "n_excerpts": n_main,
             "n_tokens": n_main * cfg.excerpt_len,
@@ -251,6 +255,8 @@ class _HarvestLoop:
 
     def __init__(self, run: HarvestRun, harvester: Harvester) -> None:
         self.run, self.harvester = run, harvester
+        self.covariance = HarvestCovariance(run.covariance_layers, run.source.n_neurons, run.cfg.device)
+        """Covariances of `harvest.covariance_layers` (directions/covariance.py), main-range excerpts only."""
         self.device = torch.device(run.cfg.device)
         self.next_id = self.tokens_done = self.excerpts_done = 0
         self.pending: list[dict[str, Any]] = []
@@ -266,6 +272,7 @@ class _HarvestLoop:
         if state["semantic_hash"] != self.run.semantic_hash:
             raise RunDirError(f"{store.state_path} belongs to another config; pass --force")
         self.harvester.load_state_dict(state["harvester"])
+        self.covariance.load_state_dict(state.get("covariance", {}))
         self.next_id, self.tokens_done, self.excerpts_done = state["next_id"], state["tokens"], state["excerpts_done"]
         for part in store.excerpts_dir.glob("part-*.parquet"):
             if int(part.stem.split("-")[1]) >= self.next_id:
@@ -308,14 +315,16 @@ class _HarvestLoop:
         if run.bos:
             bos = torch.full((len(self.batch), 1), run.tokenizer.bos_token_id, dtype=input_ids.dtype)
             input_ids = torch.cat([bos, input_ids], 1)
-        acts = run.source.activations(input_ids.to(self.device), run.layers)
+        acts = run.source.activations(input_ids.to(self.device), run.capture_layers)
         if run.bos:
             acts = {layer: a[:, 1:] for layer, a in acts.items()}
         main = torch.tensor([kind == "main" for _, kind in self.batch])
         if (~main).any():
             self.harvester.update_pilot(ids[~main], {k: v[~main.to(v.device)] for k, v in acts.items()})
         if main.any():
-            self.harvester.update(ids[main], {k: v[main.to(v.device)] for k, v in acts.items()})
+            main_acts = {k: v[main.to(v.device)] for k, v in acts.items()}
+            self.harvester.update(ids[main], main_acts)
+            self.covariance.update(main_acts)
             self.pending += [
                 {
                     "excerpt_id": e.excerpt_id,
@@ -346,6 +355,7 @@ class _HarvestLoop:
             "tokens": self.tokens_done,
             "excerpts_done": self.excerpts_done,
             "harvester": self.harvester.state_dict(),
+            "covariance": self.covariance.state_dict(),
         }
         tmp = store.state_path.with_name(store.state_path.name + ".tmp")
         torch.save(state, tmp)
