@@ -2,117 +2,25 @@
 
 Each reducer consumes one batch at a time and keeps state whose size does not depend on the corpus
 length. Every state is mergeable, so shards of a corpus reduce independently and combine exactly.
-No I/O, no model code.
+No I/O, no model code. The selections live in `selection.py` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import torch
 
-_NEG_INF = float("-inf")
+from neuron_explainer.activations.selection import SelectK, SharedSelectK, is_sync_free, merge_sorted
 
-
-class SelectK:
-    """Per neuron, keep the k candidates of highest score together with their activation rows.
-
-    Order is (score descending, excerpt id ascending). Candidates must arrive in increasing id order
-    within one reducer (the stable sort then breaks ties by id); `merge` handles arbitrary id order.
-    A score of -inf marks a candidate as ineligible; empty slots hold id -1.
-
-    Activation rows live in fixed slots and only the small (k, N) score/id/slot arrays are kept sorted,
-    so an update copies just the rows of candidates that enter, not the whole (k, N, T) buffer.
-
-    With `groups` > 1 the reducer keeps k per (group, neuron) column, column g * N + n reading neuron n's
-    activations: one call then serves several selections (the quantile buckets) at once.
-    """
-
-    def __init__(
-        self,
-        k: int,
-        n_neurons: int,
-        seq_len: int,
-        *,
-        device: torch.device | str,
-        act_dtype: torch.dtype,
-        score_dtype: torch.dtype = torch.float32,
-        groups: int = 1,
-    ) -> None:
-        self.k = k
-        self.n_neurons = n_neurons
-        cols = groups * n_neurons
-        self.scores = torch.full((k, cols), _NEG_INF, dtype=score_dtype, device=device)
-        self.ids = torch.full((k, cols), -1, dtype=torch.int64, device=device)
-        self.slots = torch.arange(k, device=device)[:, None].repeat(1, cols)
-        self.acts = torch.zeros((k, cols, seq_len), dtype=act_dtype, device=device)
-
-    def update(self, scores: torch.Tensor, ids: torch.Tensor, acts: torch.Tensor) -> None:
-        """Offer a batch: scores (B, groups * N), excerpt ids (B,), activations (B, T, N)."""
-        if self.k == 0:
-            return
-        k, device = self.k, self.scores.device
-        scores = scores.to(self.scores.dtype)
-        # Only neurons where some candidate beats the current k-th entry need work; after the first
-        # batches that is a small fraction, which keeps harvest close to the cost of a forward pass.
-        # Strict ">" is right: on a tie the kept entry has the lower id and wins.
-        cols = (scores > self.scores[-1]).any(0).nonzero().squeeze(1)
-        if cols.numel() == 0:
-            return
-        n_new, n_cols = scores.shape[0], cols.numel()
-        cand_scores = torch.cat([self.scores[:, cols], scores[:, cols]], 0)
-        order = torch.sort(cand_scores, dim=0, descending=True, stable=True).indices
-        top, dropped = order[:k], order[k:]
-        cand_ids = torch.cat([self.ids[:, cols], ids.to(device)[:, None].expand(n_new, n_cols)], 0)
-        cand_slots = torch.cat([self.slots[:, cols], torch.full((n_new, n_cols), -1, device=device)], 0)
-        new_slots = torch.gather(cand_slots, 0, top)
-        # Entrants (slot -1 in the kept set) take over the slots of evicted old entries, matched in
-        # order within each column; their counts are equal because k entries are always kept.
-        freed = torch.gather(cand_slots, 0, dropped)
-        free_mask, enter_mask = freed >= 0, new_slots < 0
-        table = torch.full((n_new, n_cols), -1, dtype=torch.int64, device=device)
-        f_row, f_col = free_mask.nonzero(as_tuple=True)
-        table[(torch.cumsum(free_mask, 0) - 1)[f_row, f_col], f_col] = freed[f_row, f_col]
-        e_row, e_col = enter_mask.nonzero(as_tuple=True)
-        slot = table[(torch.cumsum(enter_mask, 0) - 1)[e_row, e_col], e_col]
-        new_slots[e_row, e_col] = slot
-        batch_row = top[e_row, e_col] - k
-        col = cols[e_col]
-        neuron = (col % self.n_neurons).to(acts.device)
-        self.acts[slot, col] = acts[batch_row.to(acts.device), :, neuron].to(self.acts.dtype)
-        self.scores[:, cols] = torch.gather(cand_scores, 0, top)
-        self.ids[:, cols] = torch.gather(cand_ids, 0, top)
-        self.slots[:, cols] = new_slots
-
-    def sorted_acts(self) -> torch.Tensor:
-        """Activation rows in score order: (k, N, T)."""
-        return torch.gather(self.acts, 0, self.slots[:, :, None].expand(-1, -1, self.acts.shape[2]))
-
-    def merge(self, other: SelectK) -> None:
-        """Combine with another reducer's state (any id order): exact (score desc, id asc) top-k."""
-        scores = torch.cat([self.scores, other.scores], 0)
-        ids = torch.cat([self.ids, other.ids], 0)
-        acts = torch.cat([self.sorted_acts(), other.sorted_acts()], 0)
-        # Sort by id first, then stably by score: ties in score keep ascending id order.
-        id_key = torch.where(ids < 0, torch.iinfo(torch.int64).max, ids)
-        by_id = torch.sort(id_key, dim=0, stable=True).indices
-        scores, ids = torch.gather(scores, 0, by_id), torch.gather(ids, 0, by_id)
-        acts = torch.gather(acts, 0, by_id[:, :, None].expand(-1, -1, acts.shape[2]))
-        order = torch.sort(scores, dim=0, descending=True, stable=True).indices[: self.k]
-        self.scores = torch.gather(scores, 0, order)
-        self.ids = torch.gather(ids, 0, order)
-        self.acts = torch.gather(acts, 0, order[:, :, None].expand(-1, -1, acts.shape[2]))
-        self.slots = torch.arange(self.k, device=self.scores.device)[:, None].repeat(1, self.scores.shape[1])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that fully describe the state."""
-        return {"scores": self.scores, "ids": self.ids, "slots": self.slots, "acts": self.acts}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore from `state_dict()` output (shapes must match)."""
-        for name in ("scores", "ids", "slots", "acts"):
-            current = getattr(self, name)
-            if state[name].shape != current.shape:
-                raise ValueError(f"state {name} has shape {tuple(state[name].shape)}, expected {tuple(current.shape)}")
-            setattr(self, name, state[name].to(device=current.device, dtype=current.dtype))
+__all__ = [
+    "Moments",
+    "SelectK",
+    "SharedSelectK",
+    "bucketize",
+    "excerpt_keys",
+    "is_sync_free",
+    "merge_sorted",
+    "quantile_boundaries",
+]
 
 
 class Moments:
@@ -132,10 +40,10 @@ class Moments:
         self.min = torch.full((n_neurons,), float("inf"), **f64)
         self.max = torch.full((n_neurons,), float("-inf"), **f64)
 
-    def update(self, x: torch.Tensor, maxima: torch.Tensor | None = None) -> None:
+    def update(self, x: torch.Tensor, maxima: torch.Tensor | None = None, minima: torch.Tensor | None = None) -> None:
         """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons.
 
-        `maxima` (B, N), the per-excerpt maxima, may be passed when the caller has them already.
+        `maxima` and `minima` (B, N), the per-excerpt extremes, may be passed when the caller has them.
         """
         x = x.float()
         b, t, _ = x.shape
@@ -151,7 +59,10 @@ class Moments:
         mean64 = sum64(x) / nb
         d = x - mean64.float()
         d2 = d * d
-        s1, s2, s3, s4 = sum64(d), sum64(d2), sum64(d2 * d), sum64(d2 * d2)
+        s1, s2 = sum64(d), sum64(d2)
+        # d and d2 are reused in place for the third and fourth powers: two fewer (B, T, N) buffers.
+        s3 = sum64(d.mul_(d2))
+        s4 = sum64(d2.mul_(d2))
         # the power sums must be corrected with the mean of the d actually summed (float32 rounding included)
         delta = s1 / nb
         other = Moments.__new__(Moments)
@@ -160,7 +71,7 @@ class Moments:
         other.m2 = s2 - nb * delta**2
         other.m3 = s3 - 3 * delta * s2 + 2 * nb * delta**3
         other.m4 = s4 - 4 * delta * s3 + 6 * delta**2 * s2 - 3 * nb * delta**4
-        other.min = x.amin((0, 1)).double()
+        other.min = (x.amin(1) if minima is None else minima).amin(0).double()
         other.max = (x.amax(1) if maxima is None else maxima).amax(0).double()
         self.merge(other)
 
