@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # measure this checkout's package, not an installed copy
 
 
 def excerpt_batches(subject, corpus: str, n: int, batch_size: int, excerpt_len: int, bos: bool) -> list[torch.Tensor]:
@@ -118,7 +119,11 @@ def harvest_subprocess(args: argparse.Namespace, out: Path, n: int, quantile_k: 
     if args.layers != "all":
         cfg["layers"] = [int(x) for x in args.layers.split(",")]
     res = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(cfg), str(out)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, json.dumps(cfg), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=HERE.parent,
     )
     result = json.loads(res.stdout.strip().splitlines()[-1])
     manifest = json.loads((out / "manifest.json").read_text())["harvest"]

@@ -24,6 +24,7 @@ import torch
 from neuron_explainer.activations.corpus import Excerpt, iter_excerpts, open_corpus
 from neuron_explainer.activations.harvest import N_BUCKETS, Harvester, HarvestShape
 from neuron_explainer.activations.models import SubjectModel, load_subject_model
+from neuron_explainer.activations.selection import to_device
 from neuron_explainer.activations.sources import ActivationSource
 from neuron_explainer.activations.text import decode_tokens
 from neuron_explainer.config import QUANTILES, HarvestConfig, harvest_semantic_hash
@@ -255,14 +256,17 @@ class HarvestRun:
             if self.bos:
                 bos = torch.full((len(batch), 1), self.tokenizer.bos_token_id, dtype=input_ids.dtype)
                 input_ids = torch.cat([bos, input_ids], 1)
-            acts = self.source.activations(input_ids.to(device), self.layers)
+            acts = self.source.activations(to_device(input_ids, device), self.layers)  # no stream sync
             if self.bos:
                 acts = {layer: a[:, 1:] for layer, a in acts.items()}
             main = torch.tensor([kind == "main" for _, kind in batch])
             if (~main).any():
                 harvester.update_pilot(ids[~main], {k: v[~main.to(v.device)] for k, v in acts.items()})
             if main.any():
-                harvester.update(ids[main], {k: v[main.to(v.device)] for k, v in acts.items()})
+                if main.all():  # the common case: no copy of every layer's activations, no device sync
+                    harvester.update(ids, acts)
+                else:
+                    harvester.update(ids[main], {k: v[main.to(v.device)] for k, v in acts.items()})
                 for e, kind in batch:
                     if kind == "main":
                         pending.append(

@@ -21,6 +21,7 @@ import torch
 
 from neuron_explainer.activations.reducers import (
     Moments,
+    Scratch,
     SelectK,
     SharedSelectK,
     bucketize,
@@ -28,6 +29,7 @@ from neuron_explainer.activations.reducers import (
     is_sync_free,
     quantile_boundaries,
 )
+from neuron_explainer.activations.selection import to_device
 from neuron_explainer.config import QUANTILES
 from neuron_explainer.errors import ActivationError
 from neuron_explainer.records.schema import NEURON_STATS, records_schema
@@ -69,6 +71,7 @@ class LayerState:
         layer: int = 0,
         *,
         sync_free: bool | None = None,
+        scratch: Scratch | None = None,
     ) -> None:
         self.shape = shape
         self.layer = layer
@@ -78,7 +81,7 @@ class LayerState:
         self.top = SelectK(shape.top_k, n, t, **common)
         self.random = SharedSelectK(shape.random_k, n, t, device=device, act_dtype=act_dtype)
         self.buckets = SelectK(shape.quantile_k, n, t, score_dtype=torch.float64, groups=N_BUCKETS, **common)
-        self.moments = Moments(n, device=device)
+        self.moments = Moments(n, device=device, scratch=scratch)
         self.pilot_max = torch.full((shape.pilot, n), float("nan"), dtype=torch.float32, device=device)
         self.pilot_filled = torch.zeros(shape.pilot, dtype=torch.bool)
         self.pilot_seen = 0
@@ -118,7 +121,7 @@ class LayerState:
         rows = (ids < self.shape.pilot).nonzero().squeeze(1)
         if rows.numel():
             device = self.pilot_max.device
-            self.pilot_max[ids[rows].to(device)] = maxima[rows.to(device)].float()
+            self.pilot_max[to_device(ids[rows], device)] = maxima[to_device(rows, device)].float()
             self.pilot_filled[ids[rows]] = True
             self.pilot_seen += rows.numel()
         if self.pilot_seen >= self.shape.pilot:
@@ -132,7 +135,7 @@ class LayerState:
         if rows.numel() == 0:
             seen = torch.zeros((1, self.shape.n_neurons), device=self.pilot_max.device)
         else:
-            seen = self.pilot_max[rows.to(self.pilot_max.device)]
+            seen = self.pilot_max[to_device(rows, self.pilot_max.device)]
         self.boundaries = quantile_boundaries(seen, QUANTILES)
         self.pilot_max = self.pilot_max[:0]  # free the pilot buffer: it is never needed again
 
@@ -149,9 +152,8 @@ class LayerState:
 
         `ids_device` is `ids` on the activations' device when the caller has it already.
         """
-        b, _, n = acts.shape
-        device = acts.device
-        ids_dev = ids.to(device) if ids_device is None else ids_device
+        n, device = acts.shape[2], acts.device
+        ids_dev = to_device(ids, device) if ids_device is None else ids_device
         minima, maxima = self.extremes(ids_dev, acts)
         self.moments.update(acts, maxima, minima)
         self.top.update(maxima, ids_dev, acts)
@@ -162,9 +164,9 @@ class LayerState:
         late = ids >= self.shape.pilot
         if not late.any():
             return
-        keys = keys_quantile.to(device)
+        keys = to_device(keys_quantile, device)
         if not late.all():  # only around the end of the pilot: the common case takes the batch as is
-            rows = late.nonzero().squeeze(1).to(device)
+            rows = to_device(late.nonzero().squeeze(1), device)
             ids_dev, acts, maxima, keys = ids_dev[rows], acts[rows], maxima[rows], keys[rows]
         bucket = bucketize(maxima, self.boundaries)  # (B', N)
         self.buckets.update((-keys)[:, None].expand(len(keys), n), ids_dev, acts, group=bucket)
@@ -306,14 +308,16 @@ class Harvester:
     ) -> None:
         self.layers = list(layers)
         self.shape = shape
+        scratch = Scratch()  # layers are reduced one after the other: they share work buffers
         self.states = {
-            layer: LayerState(shape, device, act_dtype, layer=layer, sync_free=sync_free) for layer in self.layers
+            layer: LayerState(shape, device, act_dtype, layer=layer, sync_free=sync_free, scratch=scratch)
+            for layer in self.layers
         }
 
     def update(self, ids: torch.Tensor, acts: dict[int, torch.Tensor]) -> None:
         """Offer one batch: host excerpt ids (B,) ascending, {layer: activations (B, T, N)}."""
         ids = ids.to("cpu", torch.int64)
-        ids_dev = ids.to(next(iter(acts.values())).device)
+        ids_dev = to_device(ids, next(iter(acts.values())).device)
         keys_random = excerpt_keys(self.shape.seed, RANDOM_STREAM, ids)
         keys_quantile = excerpt_keys(self.shape.seed, QUANTILE_STREAM, ids)
         for layer in self.layers:
@@ -324,7 +328,7 @@ class Harvester:
     def update_pilot(self, ids: torch.Tensor, acts: dict[int, torch.Tensor]) -> None:
         """Offer a batch of pilot excerpts that lie outside this shard (maxima only)."""
         ids = ids.to("cpu", torch.int64)
-        ids_dev = ids.to(next(iter(acts.values())).device)
+        ids_dev = to_device(ids, next(iter(acts.values())).device)
         for layer in self.layers:
             state = self.states[layer]
             state.update_pilot(ids, state.extremes(ids_dev, acts[layer])[1])

@@ -13,6 +13,7 @@ from neuron_explainer.activations.selection import SelectK, SharedSelectK, is_sy
 
 __all__ = [
     "Moments",
+    "Scratch",
     "SelectK",
     "SharedSelectK",
     "bucketize",
@@ -23,6 +24,27 @@ __all__ = [
 ]
 
 
+class Scratch:
+    """Reusable float32 buffers of a batch's shape, shared by the layers of one harvest.
+
+    On the CPU a fresh (B, T, N) tensor per operation costs page faults and zeroing that take as long
+    as the arithmetic on it; layers are reduced one after the other, so a few buffers serve them all.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: list[torch.Tensor] = []
+        """Buffers of the largest batch seen; smaller batches use their leading rows."""
+
+    def get(self, like: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """`count` float32 tensors of `like`'s shape and device, contents undefined."""
+        b, rest = like.shape[0], tuple(like.shape[1:])
+        fits = [x for x in self.buffers if x.shape[0] >= b and tuple(x.shape[1:]) == rest and x.device == like.device]
+        if len(fits) < count:
+            self.buffers = [torch.empty(like.shape, dtype=torch.float32, device=like.device) for _ in range(count)]
+            fits = self.buffers
+        return [x[:b] for x in fits[:count]]
+
+
 class Moments:
     """Exact streaming count, mean, central moment sums M2..M4, min and max per neuron.
 
@@ -30,8 +52,10 @@ class Moments:
     which stays accurate where raw power sums would cancel catastrophically.
     """
 
-    def __init__(self, n_neurons: int, *, device: torch.device | str) -> None:
+    def __init__(self, n_neurons: int, *, device: torch.device | str, scratch: Scratch | None = None) -> None:
         f64 = {"dtype": torch.float64, "device": device}
+        self.scratch = scratch or Scratch()
+        """Work buffers (not state): pass one Scratch to the Moments of every layer."""
         self.n = 0
         self.mean = torch.zeros(n_neurons, **f64)
         self.m2 = torch.zeros(n_neurons, **f64)
@@ -45,7 +69,8 @@ class Moments:
 
         `maxima` and `minima` (B, N), the per-excerpt extremes, may be passed when the caller has them.
         """
-        x = x.float()
+        d, d2, *x32 = self.scratch.get(x, 2 if x.dtype == torch.float32 else 3)
+        x = x32[0].copy_(x) if x32 else x
         b, t, _ = x.shape
         nb = b * t
 
@@ -57,10 +82,9 @@ class Moments:
         # Centre on the float64 mean rounded to float32; the power sums about that centre are then
         # turned into exact central moments (delta is the tiny offset left by the rounding).
         mean64 = sum64(x) / nb
-        d = x - mean64.float()
-        d2 = d * d
+        torch.sub(x, mean64.float(), out=d)
+        torch.mul(d, d, out=d2)
         s1, s2 = sum64(d), sum64(d2)
-        # d and d2 are reused in place for the third and fourth powers: two fewer (B, T, N) buffers.
         s3 = sum64(d.mul_(d2))
         s4 = sum64(d2.mul_(d2))
         # the power sums must be corrected with the mean of the d actually summed (float32 rounding included)
@@ -150,7 +174,9 @@ def quantile_boundaries(values: torch.Tensor, quantiles: tuple[float, ...]) -> t
     Written out because torch.quantile refuses inputs above 2**24 elements.
     Returns shape (len(quantiles), N).
     """
-    v = torch.sort(values.double(), dim=0).values
+    # Sorting rows of the transpose is several times faster than sorting along a strided dim 0, and
+    # converting to float64 after the sort gives the same values (the conversion is exact and monotone).
+    v = torch.sort(values.T.contiguous(), dim=1).values.double().T
     n = v.shape[0]
     out = []
     for q in quantiles:

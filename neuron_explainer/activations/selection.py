@@ -24,6 +24,21 @@ def is_sync_free(device: torch.device | str) -> bool:
     return torch.device(device).type != "cpu"
 
 
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a host tensor to `device` without making the host wait for the device's queue.
+
+    A plain `.to("cuda")` from pageable memory synchronises the stream; from pinned memory with
+    `non_blocking=True` the copy is queued like a kernel (the caching host allocator keeps the pinned
+    buffer alive until it is done).
+    """
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
 def merge_sorted(
     old_scores: torch.Tensor, old_slots: torch.Tensor, new_scores: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,7 +131,7 @@ class SelectK:
         if self.k == 0:
             return
         cand = self.candidates(scores, group)
-        ids = ids.to(self.ids.device)
+        ids = to_device(ids, self.ids.device)
         if self.sync_free:
             self._update_dense(cand, ids, acts)
         else:
@@ -268,10 +283,11 @@ class SharedSelectK:
         new_row = (top - k).clamp(min=0)
         old_rank = top.clamp(max=k - 1)
         self.scores = torch.where(is_new, scores[rows][new_row], self.scores[old_rank])
-        self.ids = torch.where(is_new, ids.cpu()[rows][new_row], self.ids[old_rank])
+        self.ids = torch.where(is_new, ids[rows][new_row], self.ids[old_rank])
         self.slots = slot
         device = self.acts.device
-        self.acts[slot[is_new].to(device)] = acts[rows[new_row[is_new]].to(device)].to(self.acts.dtype)
+        entering = to_device(rows[new_row[is_new]], device)
+        self.acts[to_device(slot[is_new], device)] = acts[entering].to(self.acts.dtype)
 
     def sorted_ids(self) -> torch.Tensor:
         """Kept excerpt ids in score order, the same for every neuron: (k, N) on the device."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from neuron_explainer.activations.harvest import Harvester, HarvestShape
 from neuron_explainer.activations.reducers import SelectK, SharedSelectK
@@ -106,27 +107,75 @@ def test_shared_selectk_matches_brute_force_and_loads_the_old_layout() -> None:
     assert torch.equal(again.sorted_ids(), shared.sorted_ids())
 
 
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """Every tensor inside nested tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors_in(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors_in(v)]
+    return []
+
+
+class HostTransfers(TorchFunctionMode):
+    """Records blocking host-to-device copies and calls mixing host arrays with device tensors.
+
+    On CUDA a plain `.to("cuda")` of a host tensor synchronises the stream, and a host index into a
+    device tensor is such a copy; the meta device accepts both silently, so they are caught here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", repr(func))
+        if func is torch.Tensor.to:
+            moved = isinstance(out, torch.Tensor) and args[0].device.type == "cpu" and out.device.type != "cpu"
+            if moved and not kwargs.get("non_blocking"):
+                self.bad.append(f"blocking host-to-device copy ({name})")
+        else:
+            seen = {t.device.type for t in tensors_in((args, kwargs)) if t.dim() > 0 or t.device.type != "cpu"}
+            if "cpu" in seen and len(seen) > 1:
+                self.bad.append(f"{name} mixes host and device tensors")
+        return out
+
+
 def test_per_batch_path_never_syncs() -> None:
     """On the meta device every host sync fails: .item(), bool(), .cpu(), .tolist(), nonzero, mask indexing.
 
-    So a sync-free harvest that runs there issues none; the sparse path, which does sync, fails there.
+    So a sync-free harvest that runs there waits for the device nowhere; `HostTransfers` catches the
+    host-to-device copies that would. The sparse path, which does sync, fails there.
     """
     shape = HarvestShape(n_neurons=8, seq_len=4, top_k=3, random_k=2, quantile_k=2, pilot=6, seed=0)
     h = Harvester([0, 1], shape, "meta", torch.bfloat16)
     assert all(s.sync_free for s in h.states.values())
-    for start in range(0, 20, 4):  # crosses the end of the pilot inside a batch
-        ids = torch.arange(start, start + 4)
-        acts = {layer: torch.empty(4, 4, 8, dtype=torch.bfloat16, device="meta") for layer in (0, 1)}
-        if start == 0:
-            h.update_pilot(ids, acts)
-        else:
-            h.update(ids, acts)
+    batches = [(torch.arange(start, start + 4), start) for start in range(0, 20, 4)]  # crosses the pilot's end
+    with HostTransfers() as transfers:
+        for ids, start in batches:
+            acts = {layer: torch.empty(4, 4, 8, dtype=torch.bfloat16, device="meta") for layer in (0, 1)}
+            if start == 0:
+                h.update_pilot(ids, acts)
+            else:
+                h.update(ids, acts)
+    assert transfers.bad == []
     assert h.pilot_done
     with pytest.raises((RuntimeError, NotImplementedError)):
         h.check_finite()  # the one deliberate sync
     sparse = Harvester([0], shape, "meta", torch.bfloat16, sync_free=False)
     with pytest.raises((RuntimeError, NotImplementedError)):
         sparse.update(torch.arange(4), {0: torch.empty(4, 4, 8, dtype=torch.bfloat16, device="meta")})
+
+
+def test_host_transfers_catches_blocking_copies() -> None:
+    with HostTransfers() as transfers:
+        torch.arange(3).to("meta")
+        torch.empty(3, device="meta")[torch.arange(2)]
+        torch.arange(3).to("meta", non_blocking=True)
+    assert len(transfers.bad) == 2
 
 
 @pytest.mark.parametrize("sync_free", [False, True])
