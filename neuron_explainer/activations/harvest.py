@@ -12,6 +12,7 @@ No I/O and no model code: the driver (harvest_run.py) feeds batches and writes t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,19 +91,24 @@ class LayerState:
         self.n_bad = torch.zeros((), dtype=torch.int64, device=device)
 
     def extremes(self, ids: torch.Tensor, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-excerpt (min, max) of activations (B, T, N), noting excerpts with a non-finite value.
+        """Per-excerpt (min, max) of activations (B, T, N), noting excerpts with a non-finite value."""
+        minima, maxima = acts.amin(1), acts.amax(1)  # torch.aminmax over dim 1 is far slower on CPU
+        self.note_finite(ids, minima, maxima)
+        return minima, maxima
+
+    def note_finite(self, ids: torch.Tensor, minima: torch.Tensor, maxima: torch.Tensor) -> None:
+        """Note excerpts with a NaN or infinite activation from their (min, max) (B, N); on the CPU, raise.
 
         NaN propagates into both extremes and an infinity shows in one of them, so this is exactly
         "some value is not finite", with no pass over the activations beyond the extremes themselves.
         """
-        # two reductions: torch.aminmax over a middle dimension is an order of magnitude slower on CPU
-        minima, maxima = acts.amin(1), acts.amax(1)
+        if not self.sync_free and math.isfinite(float(minima.sum()) + float(maxima.sum())):
+            return  # on the CPU: one look at two sums, into which NaN and inf propagate
         bad = ~(torch.isfinite(minima) & torch.isfinite(maxima)).all(1)
         self.first_bad = torch.minimum(self.first_bad, torch.where(bad, ids, NO_EXCERPT).amin())
         self.n_bad += bad.sum()
         if not self.sync_free:
             self.check_finite()  # on the CPU a check costs nothing: fail before the state is touched
-        return minima, maxima
 
     def check_finite(self) -> None:
         """Raise ActivationError if any excerpt seen so far had a NaN or infinite activation (syncs)."""
@@ -154,8 +160,9 @@ class LayerState:
         """
         n, device = acts.shape[2], acts.device
         ids_dev = to_device(ids, device) if ids_device is None else ids_device
-        minima, maxima = self.extremes(ids_dev, acts)
-        self.moments.update(acts, maxima, minima)
+        batch, minima, maxima = self.moments.reduce(acts)
+        self.note_finite(ids_dev, minima, maxima)
+        self.moments.merge(batch)
         self.top.update(maxima, ids_dev, acts)
         self.random.update(-keys_random, ids, acts)
         self.update_pilot(ids, maxima)

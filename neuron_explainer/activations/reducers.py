@@ -25,7 +25,7 @@ __all__ = [
 
 
 class Scratch:
-    """Reusable float32 buffers of a batch's shape, shared by the layers of one harvest.
+    """Reusable float32 work buffers, shared by the layers of one harvest.
 
     On the CPU a fresh (B, T, N) tensor per operation costs page faults and zeroing that take as long
     as the arithmetic on it; layers are reduced one after the other, so a few buffers serve them all.
@@ -33,16 +33,20 @@ class Scratch:
 
     def __init__(self) -> None:
         self.buffers: list[torch.Tensor] = []
-        """Buffers of the largest batch seen; smaller batches use their leading rows."""
+        """Buffers of the largest leading size asked for; smaller requests use their leading rows."""
 
-    def get(self, like: torch.Tensor, count: int) -> list[torch.Tensor]:
-        """`count` float32 tensors of `like`'s shape and device, contents undefined."""
-        b, rest = like.shape[0], tuple(like.shape[1:])
-        fits = [x for x in self.buffers if x.shape[0] >= b and tuple(x.shape[1:]) == rest and x.device == like.device]
+    def get(self, shape: tuple[int, ...], device: torch.device, count: int) -> list[torch.Tensor]:
+        """`count` float32 tensors of `shape` on `device`, contents undefined."""
+        rows, rest = shape[0], tuple(shape[1:])
+        fits = [x for x in self.buffers if x.shape[0] >= rows and tuple(x.shape[1:]) == rest and x.device == device]
         if len(fits) < count:
-            self.buffers = [torch.empty(like.shape, dtype=torch.float32, device=like.device) for _ in range(count)]
+            self.buffers = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(count)]
             fits = self.buffers
-        return [x[:b] for x in fits[:count]]
+        return [x[:rows] for x in fits[:count]]
+
+
+CHUNK_BYTES = 1 << 19
+"""On the CPU, power sums take chunks of about this many bytes per thread: they stay in a core's cache."""
 
 
 class Moments:
@@ -64,29 +68,46 @@ class Moments:
         self.min = torch.full((n_neurons,), float("inf"), **f64)
         self.max = torch.full((n_neurons,), float("-inf"), **f64)
 
-    def update(self, x: torch.Tensor, maxima: torch.Tensor | None = None, minima: torch.Tensor | None = None) -> None:
-        """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons.
+    def update(self, x: torch.Tensor) -> None:
+        """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons."""
+        self.merge(self.reduce(x)[0])
 
-        `maxima` and `minima` (B, N), the per-excerpt extremes, may be passed when the caller has them.
+    def reduce(self, x: torch.Tensor) -> tuple[Moments, torch.Tensor, torch.Tensor]:
+        """The moments of one batch (B, T, N), not merged yet, and its per-excerpt (min, max) (B, N).
+
+        Two passes over the batch, a few excerpts at a time on the CPU so that each chunk is read from
+        memory once per pass and stays in the core's cache for the rest (a GPU takes the batch at once):
+        the first pass sums over tokens in float32 (T values: exact to float32 rounding) and takes
+        the extremes; the second sums the powers 1..4 about the batch mean. Sums over excerpts are
+        float64.
         """
-        d, d2, *x32 = self.scratch.get(x, 2 if x.dtype == torch.float32 else 3)
-        x = x32[0].copy_(x) if x32 else x
-        b, t, _ = x.shape
+        b, t, n = x.shape
         nb = b * t
-
-        def sum64(v: torch.Tensor) -> torch.Tensor:
-            # Sum over tokens in float32 (T values: exact to float32 rounding), then over excerpts in
-            # float64. Converting only the (B, N) partial sums keeps the cost near one float32 pass.
-            return v.sum(1).double().sum(0)
-
+        rows = b if x.device.type != "cpu" else max(1, CHUNK_BYTES * torch.get_num_threads() // (t * n * 4))
+        chunks = [(start, x[start : start + rows]) for start in range(0, b, rows)]
+        sums = torch.empty((b, n), dtype=torch.float32, device=x.device)
+        minima, maxima = torch.empty((2, b, n), dtype=x.dtype, device=x.device)
+        for start, chunk in chunks:
+            rows_here = slice(start, start + len(chunk))
+            torch.sum(chunk, 1, dtype=torch.float32, out=sums[rows_here])
+            torch.amin(chunk, 1, out=minima[rows_here])
+            torch.amax(chunk, 1, out=maxima[rows_here])
         # Centre on the float64 mean rounded to float32; the power sums about that centre are then
         # turned into exact central moments (delta is the tiny offset left by the rounding).
-        mean64 = sum64(x) / nb
-        torch.sub(x, mean64.float(), out=d)
-        torch.mul(d, d, out=d2)
-        s1, s2 = sum64(d), sum64(d2)
-        s3 = sum64(d.mul_(d2))
-        s4 = sum64(d2.mul_(d2))
+        mean64 = sums.double().sum(0) / nb
+        centre = mean64.float()
+        d_buf, d2_buf = self.scratch.get((min(rows, b), t, n), x.device, 2)
+        powers = torch.empty((4, b, n), dtype=torch.float32, device=x.device)
+        for start, chunk in chunks:
+            part = powers[:, start : start + len(chunk)]
+            d, d2 = d_buf[: len(chunk)], d2_buf[: len(chunk)]
+            torch.sub(chunk, centre, out=d)
+            torch.mul(d, d, out=d2)
+            torch.sum(d, 1, out=part[0])
+            torch.sum(d2, 1, out=part[1])
+            torch.sum(d.mul_(d2), 1, out=part[2])  # d and d2 become the third and fourth powers in place
+            torch.sum(d2.mul_(d2), 1, out=part[3])
+        s1, s2, s3, s4 = powers.double().sum(1)
         # the power sums must be corrected with the mean of the d actually summed (float32 rounding included)
         delta = s1 / nb
         other = Moments.__new__(Moments)
@@ -95,9 +116,9 @@ class Moments:
         other.m2 = s2 - nb * delta**2
         other.m3 = s3 - 3 * delta * s2 + 2 * nb * delta**3
         other.m4 = s4 - 4 * delta * s3 + 6 * delta**2 * s2 - 3 * nb * delta**4
-        other.min = (x.amin(1) if minima is None else minima).amin(0).double()
-        other.max = (x.amax(1) if maxima is None else maxima).amax(0).double()
-        self.merge(other)
+        other.min = minima.amin(0).double()
+        other.max = maxima.amax(0).double()
+        return other, minima, maxima
 
     def merge(self, other: Moments) -> None:
         """Combine with another state (exact up to float64 rounding)."""

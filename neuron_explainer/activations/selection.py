@@ -119,8 +119,6 @@ class SelectK:
         scores = scores.to(self.scores.dtype)
         if self.groups == 1:
             return scores
-        if group is None:
-            raise ValueError("a grouped SelectK needs the group of every candidate")
         which = torch.arange(self.groups, device=scores.device)[None, :, None]
         return torch.where(group[:, None, :] == which, scores[:, None, :], _NEG_INF).reshape(scores.shape[0], -1)
 
@@ -130,22 +128,35 @@ class SelectK:
         """Offer a batch: scores (B, N), excerpt ids (B,), activations (B, T, N); `group` (B, N) if grouped."""
         if self.k == 0:
             return
-        cand = self.candidates(scores, group)
+        if self.groups > 1 and group is None:
+            raise ValueError("a grouped SelectK needs the group of every candidate")
         ids = to_device(ids, self.ids.device)
         if self.sync_free:
-            self._update_dense(cand, ids, acts)
+            self._update_dense(self.candidates(scores, group), ids, acts)
         else:
-            self._update_sparse(cand, ids, acts)
+            self._update_sparse(scores.to(self.scores.dtype), group, ids, acts)
 
-    def _update_sparse(self, cand: torch.Tensor, ids: torch.Tensor, acts: torch.Tensor) -> None:
+    def _update_sparse(
+        self, scores: torch.Tensor, group: torch.Tensor | None, ids: torch.Tensor, acts: torch.Tensor
+    ) -> None:
         # Only (row, column) pairs that beat the current k-th entry can enter; after the first batches
         # that is a small fraction. Strict ">": on a tie the kept entry has the lower id and wins.
-        hit = cand > self.scores[:, -1]
-        cols = hit.any(0).nonzero().squeeze(1)
+        n = self.n_neurons
+        column = torch.arange(n) if group is None else group * n + torch.arange(n)  # each candidate's column
+        hit = scores > self.scores[:, -1][column]
+        if group is None:
+            cols = hit.any(0).nonzero().squeeze(1)
+        else:
+            touched = torch.zeros(self.scores.shape[0], dtype=torch.bool)
+            touched[column[hit]] = True
+            cols = touched.nonzero().squeeze(1)
         if cols.numel() == 0:
             return
-        rows = hit.index_select(1, cols).any(1).nonzero().squeeze(1)
-        cand = cand.index_select(0, rows).index_select(1, cols).T.contiguous()  # (c, rows)
+        rows = hit.any(1).nonzero().squeeze(1)
+        cand = scores[rows][:, cols % n]  # (rows, c); a grouped column only takes candidates of its group
+        if group is not None:
+            cand = torch.where(column[rows][:, cols % n] == cols, cand, _NEG_INF)
+        cand = cand.T.contiguous()
         top, is_new, slot = merge_sorted(self.scores[cols], self.slots[cols], cand)
         new_row = self._keep(top, is_new, slot, cand, ids[rows], cols)
         col, rank = is_new.nonzero(as_tuple=True)  # ascending column: reads go along the neuron axis
