@@ -7,9 +7,10 @@ Two update paths keep identical results:
   for the device: no `.item()`, no `nonzero`, no boolean-mask indexing. Its dense work is bounded by k
   per column, which a GPU does in microseconds, instead of stalling its queue once per layer.
 
-Layouts are chosen for the update: small per-column arrays are (columns, k) rows, activation rows are
-stored token-major (T, k, columns), so that copying an entrant reads and writes along the neuron axis,
-the contiguous one of a (B, T, N) batch. `state_dict` and `sorted_acts` use the (k, columns, T) layout.
+Layouts are chosen for the update: small per-column arrays are (columns, k) rows; activation rows are
+stored token-major (T, columns, k), so that the entrants of a batch, taken in column order, are read
+along the neuron axis of the (B, T, N) batch and written nearly in order. `state_dict` and
+`sorted_acts` use the (k, columns, T) layout.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class SelectK:
         self.scores = torch.full((cols, k), _NEG_INF, dtype=score_dtype, device=device)
         self.ids = torch.full((cols, k), -1, dtype=torch.int64, device=device)
         self.slots = torch.arange(k, device=device).repeat(cols, 1)
-        self.acts = torch.zeros((seq_len, k, cols), dtype=act_dtype, device=device)
+        self.acts = torch.zeros((seq_len, cols, k), dtype=act_dtype, device=device)
 
     def candidates(self, scores: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         """(B, groups * N) candidate scores from (B, N) scores and, with groups, each one's group (B, N)."""
@@ -165,7 +166,7 @@ class SelectK:
         t = acts.shape[1]
         # One (E,) index serves all T tokens; expanded, it makes gather and scatter vectorised loops.
         src = (batch_row * sb + (col % self.n_neurons) * sn)[None, :].expand(t, -1)
-        dst = (entry_slot * self.acts.shape[2] + col)[None, :].expand(t, -1)
+        dst = (col * self.k + entry_slot)[None, :].expand(t, -1)
         values = torch.gather(token_planes(acts), 1, src).to(self.acts.dtype)
         self.acts.view(t, -1).scatter_(1, dst, values)
 
@@ -178,10 +179,11 @@ class SelectK:
         src.scatter_(1, torch.where(is_new, slot, k), torch.where(is_new, new_row, -1))
         src = src[:, :k].T.reshape(1, k, g, n)
         # A fixed-shape gather of T * k * columns values from a (T, B, groups, N) view of the batch,
-        # whatever enters; neurons stay the innermost axis on both sides.
+        # whatever enters; neurons stay the innermost axis of the gather on both sides.
         view = acts.transpose(0, 1).unsqueeze(2).expand(t, b, g, n)
-        fresh = torch.gather(view, 1, src.clamp(min=0).expand(t, k, g, n)).reshape(self.acts.shape)
-        self.acts = torch.where((src >= 0).reshape(1, k, -1), fresh.to(self.acts.dtype), self.acts)
+        fresh = torch.gather(view, 1, src.clamp(min=0).expand(t, k, g, n)).reshape(t, k, -1).transpose(1, 2)
+        keep = (src < 0).reshape(k, -1).T[None]
+        self.acts = torch.where(keep, self.acts, fresh.to(self.acts.dtype)).contiguous()
 
     def _keep(
         self,
@@ -212,7 +214,7 @@ class SelectK:
     def sorted_acts(self) -> torch.Tensor:
         """Activation rows in score order: (k, groups * N, T)."""
         t = self.acts.shape[0]
-        return torch.gather(self.acts, 1, self.slots.T[None].expand(t, -1, -1)).permute(1, 2, 0)
+        return torch.gather(self.acts, 2, self.slots[None].expand(t, -1, -1)).permute(2, 1, 0)
 
     def merge(self, other: SelectK) -> None:
         """Combine with another reducer's state (any id order): exact (score desc, id asc) top-k."""
@@ -220,12 +222,12 @@ class SelectK:
             (self.scores.T, self.ids.T, self.sorted_acts()), (other.scores.T, other.ids.T, other.sorted_acts()), self.k
         )
         self.scores, self.ids = scores.T.contiguous(), ids.T.contiguous()
-        self.acts = acts.permute(2, 0, 1).contiguous()
+        self.acts = acts.permute(2, 1, 0).contiguous()
         self.slots = torch.arange(self.k, device=self.scores.device).repeat(self.scores.shape[0], 1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that fully describe the state: (k, columns) arrays and (k, columns, T) activations."""
-        return {"scores": self.scores.T, "ids": self.ids.T, "slots": self.slots.T, "acts": self.acts.permute(1, 2, 0)}
+        return {"scores": self.scores.T, "ids": self.ids.T, "slots": self.slots.T, "acts": self.acts.permute(2, 1, 0)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore from `state_dict()` output (shapes must match)."""
@@ -236,7 +238,7 @@ class SelectK:
         for name in ("scores", "ids", "slots"):
             old = getattr(self, name)
             setattr(self, name, state[name].T.to(device=old.device, dtype=old.dtype).contiguous())
-        self.acts = state["acts"].permute(2, 0, 1).to(device=self.acts.device, dtype=self.acts.dtype).contiguous()
+        self.acts = state["acts"].permute(2, 1, 0).to(device=self.acts.device, dtype=self.acts.dtype).contiguous()
 
 
 def merge_states(
@@ -296,9 +298,9 @@ class SharedSelectK:
         self.scores = torch.where(is_new, scores[rows][new_row], self.scores[old_rank])
         self.ids = torch.where(is_new, ids[rows][new_row], self.ids[old_rank])
         self.slots = slot
-        device = self.acts.device
-        entering = to_device(rows[new_row[is_new]], device)
-        self.acts[to_device(slot[is_new], device)] = acts[entering].to(self.acts.dtype)
+        # at most B entrants, each a whole (T, N) row: copied one by one, with no gathered copy between
+        for s, r in zip(slot[is_new].tolist(), rows[new_row[is_new]].tolist(), strict=True):
+            self.acts[s].copy_(acts[r])
 
     def sorted_ids(self) -> torch.Tensor:
         """Kept excerpt ids in score order, the same for every neuron: (k, N) on the device."""
