@@ -281,7 +281,10 @@ def bench_simulation(model: nn.Module, s: Shapes, dev: Device) -> Row:
     calls = s.sim_batches + 1
     read = 2 * (weights + head) * calls + kv_bytes * n_exc * (s.sim_prefix + s.sim_suffix)
     roof = max(flops / dev.peak, read / dev.bandwidth)
-    what = f"{n_exc} excerpts: {s.sim_prefix}-token shared prefix + {s.sim_suffix}, head at {s.sim_slots} slots"
+    what = (
+        f"{n_exc} excerpts: {s.sim_prefix}-token shared prefix + {s.sim_suffix}, head at {s.sim_slots} slots "
+        "(no batched local back end on this branch: the equivalent forward)"
+    )
     return Row("simulation (equivalent fwd)", what, seconds, n_exc * s.sim_suffix, flops, roof)
 
 
