@@ -1,6 +1,6 @@
 """GPU throughput against the FLOP floor: harvest, batched simulation, explanation generation.
 
-    python benchmarks/gpu.py                  # one CUDA GPU, in about a minute or two on an H100/H200
+    python benchmarks/gpu.py                  # one CUDA GPU; sized for a few minutes on an H100/H200
     python benchmarks/gpu.py --tiny           # small shapes on any device, the CPU included (a smoke run)
     python benchmarks/gpu.py --peak-tflops 989 --peak-tbps 4.8   # peaks for a GPU the table does not know
 
@@ -69,9 +69,9 @@ class Shapes:
         }
     )
     vocab_gpt2: int = 50257
-    harvest_excerpts: int = 4096
+    harvest_excerpts: int = 8192
     harvest_len: int = 64
-    harvest_batch: int = 128
+    harvest_batch: int = 256
     sim_prefix: int = 700
     sim_suffix: int = 256
     sim_slots: int = 64
