@@ -2,117 +2,51 @@
 
 Each reducer consumes one batch at a time and keeps state whose size does not depend on the corpus
 length. Every state is mergeable, so shards of a corpus reduce independently and combine exactly.
-No I/O, no model code.
+No I/O, no model code. The selections live in `selection.py` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import torch
 
-_NEG_INF = float("-inf")
+from neuron_explainer.activations.selection import SelectK, SharedSelectK, is_sync_free, merge_sorted
+
+__all__ = [
+    "Moments",
+    "Scratch",
+    "SelectK",
+    "SharedSelectK",
+    "bucketize",
+    "excerpt_keys",
+    "is_sync_free",
+    "merge_sorted",
+    "quantile_boundaries",
+]
 
 
-class SelectK:
-    """Per neuron, keep the k candidates of highest score together with their activation rows.
+class Scratch:
+    """Reusable float32 work buffers, shared by the layers of one harvest.
 
-    Order is (score descending, excerpt id ascending). Candidates must arrive in increasing id order
-    within one reducer (the stable sort then breaks ties by id); `merge` handles arbitrary id order.
-    A score of -inf marks a candidate as ineligible; empty slots hold id -1.
-
-    Activation rows live in fixed slots and only the small (k, N) score/id/slot arrays are kept sorted,
-    so an update copies just the rows of candidates that enter, not the whole (k, N, T) buffer.
-
-    With `groups` > 1 the reducer keeps k per (group, neuron) column, column g * N + n reading neuron n's
-    activations: one call then serves several selections (the quantile buckets) at once.
+    On the CPU a fresh (B, T, N) tensor per operation costs page faults and zeroing that take as long
+    as the arithmetic on it; layers are reduced one after the other, so a few buffers serve them all.
     """
 
-    def __init__(
-        self,
-        k: int,
-        n_neurons: int,
-        seq_len: int,
-        *,
-        device: torch.device | str,
-        act_dtype: torch.dtype,
-        score_dtype: torch.dtype = torch.float32,
-        groups: int = 1,
-    ) -> None:
-        self.k = k
-        self.n_neurons = n_neurons
-        cols = groups * n_neurons
-        self.scores = torch.full((k, cols), _NEG_INF, dtype=score_dtype, device=device)
-        self.ids = torch.full((k, cols), -1, dtype=torch.int64, device=device)
-        self.slots = torch.arange(k, device=device)[:, None].repeat(1, cols)
-        self.acts = torch.zeros((k, cols, seq_len), dtype=act_dtype, device=device)
+    def __init__(self) -> None:
+        self.buffers: list[torch.Tensor] = []
+        """Buffers of the largest leading size asked for; smaller requests use their leading rows."""
 
-    def update(self, scores: torch.Tensor, ids: torch.Tensor, acts: torch.Tensor) -> None:
-        """Offer a batch: scores (B, groups * N), excerpt ids (B,), activations (B, T, N)."""
-        if self.k == 0:
-            return
-        k, device = self.k, self.scores.device
-        scores = scores.to(self.scores.dtype)
-        # Only neurons where some candidate beats the current k-th entry need work; after the first
-        # batches that is a small fraction, which keeps harvest close to the cost of a forward pass.
-        # Strict ">" is right: on a tie the kept entry has the lower id and wins.
-        cols = (scores > self.scores[-1]).any(0).nonzero().squeeze(1)
-        if cols.numel() == 0:
-            return
-        n_new, n_cols = scores.shape[0], cols.numel()
-        cand_scores = torch.cat([self.scores[:, cols], scores[:, cols]], 0)
-        order = torch.sort(cand_scores, dim=0, descending=True, stable=True).indices
-        top, dropped = order[:k], order[k:]
-        cand_ids = torch.cat([self.ids[:, cols], ids.to(device)[:, None].expand(n_new, n_cols)], 0)
-        cand_slots = torch.cat([self.slots[:, cols], torch.full((n_new, n_cols), -1, device=device)], 0)
-        new_slots = torch.gather(cand_slots, 0, top)
-        # Entrants (slot -1 in the kept set) take over the slots of evicted old entries, matched in
-        # order within each column; their counts are equal because k entries are always kept.
-        freed = torch.gather(cand_slots, 0, dropped)
-        free_mask, enter_mask = freed >= 0, new_slots < 0
-        table = torch.full((n_new, n_cols), -1, dtype=torch.int64, device=device)
-        f_row, f_col = free_mask.nonzero(as_tuple=True)
-        table[(torch.cumsum(free_mask, 0) - 1)[f_row, f_col], f_col] = freed[f_row, f_col]
-        e_row, e_col = enter_mask.nonzero(as_tuple=True)
-        slot = table[(torch.cumsum(enter_mask, 0) - 1)[e_row, e_col], e_col]
-        new_slots[e_row, e_col] = slot
-        batch_row = top[e_row, e_col] - k
-        col = cols[e_col]
-        neuron = (col % self.n_neurons).to(acts.device)
-        self.acts[slot, col] = acts[batch_row.to(acts.device), :, neuron].to(self.acts.dtype)
-        self.scores[:, cols] = torch.gather(cand_scores, 0, top)
-        self.ids[:, cols] = torch.gather(cand_ids, 0, top)
-        self.slots[:, cols] = new_slots
+    def get(self, shape: tuple[int, ...], device: torch.device, count: int) -> list[torch.Tensor]:
+        """`count` float32 tensors of `shape` on `device`, contents undefined."""
+        rows, rest = shape[0], tuple(shape[1:])
+        fits = [x for x in self.buffers if x.shape[0] >= rows and tuple(x.shape[1:]) == rest and x.device == device]
+        if len(fits) < count:
+            self.buffers = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(count)]
+            fits = self.buffers
+        return [x[:rows] for x in fits[:count]]
 
-    def sorted_acts(self) -> torch.Tensor:
-        """Activation rows in score order: (k, N, T)."""
-        return torch.gather(self.acts, 0, self.slots[:, :, None].expand(-1, -1, self.acts.shape[2]))
 
-    def merge(self, other: SelectK) -> None:
-        """Combine with another reducer's state (any id order): exact (score desc, id asc) top-k."""
-        scores = torch.cat([self.scores, other.scores], 0)
-        ids = torch.cat([self.ids, other.ids], 0)
-        acts = torch.cat([self.sorted_acts(), other.sorted_acts()], 0)
-        # Sort by id first, then stably by score: ties in score keep ascending id order.
-        id_key = torch.where(ids < 0, torch.iinfo(torch.int64).max, ids)
-        by_id = torch.sort(id_key, dim=0, stable=True).indices
-        scores, ids = torch.gather(scores, 0, by_id), torch.gather(ids, 0, by_id)
-        acts = torch.gather(acts, 0, by_id[:, :, None].expand(-1, -1, acts.shape[2]))
-        order = torch.sort(scores, dim=0, descending=True, stable=True).indices[: self.k]
-        self.scores = torch.gather(scores, 0, order)
-        self.ids = torch.gather(ids, 0, order)
-        self.acts = torch.gather(acts, 0, order[:, :, None].expand(-1, -1, acts.shape[2]))
-        self.slots = torch.arange(self.k, device=self.scores.device)[:, None].repeat(1, self.scores.shape[1])
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that fully describe the state."""
-        return {"scores": self.scores, "ids": self.ids, "slots": self.slots, "acts": self.acts}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore from `state_dict()` output (shapes must match)."""
-        for name in ("scores", "ids", "slots", "acts"):
-            current = getattr(self, name)
-            if state[name].shape != current.shape:
-                raise ValueError(f"state {name} has shape {tuple(state[name].shape)}, expected {tuple(current.shape)}")
-            setattr(self, name, state[name].to(device=current.device, dtype=current.dtype))
+CHUNK_BYTES = 1 << 19
+"""On the CPU, power sums take chunks of about this many bytes per thread: they stay in a core's cache."""
 
 
 class Moments:
@@ -122,36 +56,57 @@ class Moments:
     which stays accurate where raw power sums would cancel catastrophically.
     """
 
-    def __init__(self, n_neurons: int, *, device: torch.device | str) -> None:
-        f64 = {"dtype": torch.float64, "device": device}
+    def __init__(self, n_neurons: int, *, device: torch.device | str, scratch: Scratch | None = None) -> None:
+        self.scratch = scratch or Scratch()
+        """Work buffers (not state): pass one Scratch to the Moments of every layer."""
         self.n = 0
-        self.mean = torch.zeros(n_neurons, **f64)
-        self.m2 = torch.zeros(n_neurons, **f64)
-        self.m3 = torch.zeros(n_neurons, **f64)
-        self.m4 = torch.zeros(n_neurons, **f64)
-        self.min = torch.full((n_neurons,), float("inf"), **f64)
-        self.max = torch.full((n_neurons,), float("-inf"), **f64)
+        self.mean = torch.zeros(n_neurons, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(n_neurons, dtype=torch.float64, device=device)
+        self.m3 = torch.zeros(n_neurons, dtype=torch.float64, device=device)
+        self.m4 = torch.zeros(n_neurons, dtype=torch.float64, device=device)
+        self.min = torch.full((n_neurons,), float("inf"), dtype=torch.float64, device=device)
+        self.max = torch.full((n_neurons,), float("-inf"), dtype=torch.float64, device=device)
 
-    def update(self, x: torch.Tensor, maxima: torch.Tensor | None = None) -> None:
-        """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons.
+    def update(self, x: torch.Tensor) -> None:
+        """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons."""
+        self.merge(self.reduce(x)[0])
 
-        `maxima` (B, N), the per-excerpt maxima, may be passed when the caller has them already.
+    def reduce(self, x: torch.Tensor) -> tuple[Moments, torch.Tensor, torch.Tensor]:
+        """The moments of one batch (B, T, N), not merged yet, and its per-excerpt (min, max) (B, N).
+
+        Two passes over the batch, a few excerpts at a time on the CPU so that each chunk is read from
+        memory once per pass and stays in the core's cache for the rest (a GPU takes the batch at once):
+        the first pass sums over tokens in float32 (T values: exact to float32 rounding) and takes
+        the extremes; the second sums the powers 1..4 about the batch mean. Sums over excerpts are
+        float64.
         """
-        x = x.float()
-        b, t, _ = x.shape
+        b, t, n = x.shape
         nb = b * t
-
-        def sum64(v: torch.Tensor) -> torch.Tensor:
-            # Sum over tokens in float32 (T values: exact to float32 rounding), then over excerpts in
-            # float64. Converting only the (B, N) partial sums keeps the cost near one float32 pass.
-            return v.sum(1).double().sum(0)
-
+        rows = b if x.device.type != "cpu" else max(1, CHUNK_BYTES * torch.get_num_threads() // (t * n * 4))
+        chunks = [(start, x[start : start + rows]) for start in range(0, b, rows)]
+        sums = torch.empty((b, n), dtype=torch.float32, device=x.device)
+        minima, maxima = torch.empty((2, b, n), dtype=x.dtype, device=x.device)
+        for start, chunk in chunks:
+            rows_here = slice(start, start + len(chunk))
+            torch.sum(chunk, 1, dtype=torch.float32, out=sums[rows_here])
+            torch.amin(chunk, 1, out=minima[rows_here])
+            torch.amax(chunk, 1, out=maxima[rows_here])
         # Centre on the float64 mean rounded to float32; the power sums about that centre are then
         # turned into exact central moments (delta is the tiny offset left by the rounding).
-        mean64 = sum64(x) / nb
-        d = x - mean64.float()
-        d2 = d * d
-        s1, s2, s3, s4 = sum64(d), sum64(d2), sum64(d2 * d), sum64(d2 * d2)
+        mean64 = sums.double().sum(0) / nb
+        centre = mean64.float()
+        d_buf, d2_buf = self.scratch.get((min(rows, b), t, n), x.device, 2)
+        powers = torch.empty((4, b, n), dtype=torch.float32, device=x.device)
+        for start, chunk in chunks:
+            part = powers[:, start : start + len(chunk)]
+            d, d2 = d_buf[: len(chunk)], d2_buf[: len(chunk)]
+            torch.sub(chunk, centre, out=d)
+            torch.mul(d, d, out=d2)
+            torch.sum(d, 1, out=part[0])
+            torch.sum(d2, 1, out=part[1])
+            torch.sum(d.mul_(d2), 1, out=part[2])  # d and d2 become the third and fourth powers in place
+            torch.sum(d2.mul_(d2), 1, out=part[3])
+        s1, s2, s3, s4 = powers.double().sum(1)
         # the power sums must be corrected with the mean of the d actually summed (float32 rounding included)
         delta = s1 / nb
         other = Moments.__new__(Moments)
@@ -160,9 +115,9 @@ class Moments:
         other.m2 = s2 - nb * delta**2
         other.m3 = s3 - 3 * delta * s2 + 2 * nb * delta**3
         other.m4 = s4 - 4 * delta * s3 + 6 * delta**2 * s2 - 3 * nb * delta**4
-        other.min = x.amin((0, 1)).double()
-        other.max = (x.amax(1) if maxima is None else maxima).amax(0).double()
-        self.merge(other)
+        other.min = minima.amin(0).double()
+        other.max = maxima.amax(0).double()
+        return other, minima, maxima
 
     def merge(self, other: Moments) -> None:
         """Combine with another state (exact up to float64 rounding)."""
@@ -239,7 +194,9 @@ def quantile_boundaries(values: torch.Tensor, quantiles: tuple[float, ...]) -> t
     Written out because torch.quantile refuses inputs above 2**24 elements.
     Returns shape (len(quantiles), N).
     """
-    v = torch.sort(values.double(), dim=0).values
+    # Sorting rows of the transpose is several times faster than sorting along a strided dim 0, and
+    # converting to float64 after the sort gives the same values (the conversion is exact and monotone).
+    v = torch.sort(values.T.contiguous(), dim=1).values.double().T
     n = v.shape[0]
     out = []
     for q in quantiles:

@@ -26,6 +26,7 @@ import torch
 from neuron_explainer.activations.corpus import Excerpt, iter_excerpts, open_corpus
 from neuron_explainer.activations.harvest import Harvester, HarvestShape
 from neuron_explainer.activations.models import SubjectModel, load_subject_model
+from neuron_explainer.activations.selection import to_device
 from neuron_explainer.activations.subject import wants_bos
 from neuron_explainer.activations.text import decode_tokens
 from neuron_explainer.config.sections import HarvestConfig, harvest_config_diff, harvest_semantic_hash
@@ -315,14 +316,15 @@ class _HarvestLoop:
         if run.bos:
             bos = torch.full((len(self.batch), 1), run.tokenizer.bos_token_id, dtype=input_ids.dtype)
             input_ids = torch.cat([bos, input_ids], 1)
-        acts = run.source.activations(input_ids.to(self.device), run.capture_layers)
+        acts = run.source.activations(to_device(input_ids, self.device), run.capture_layers)  # no stream sync
         if run.bos:
             acts = {layer: a[:, 1:] for layer, a in acts.items()}
         main = torch.tensor([kind == "main" for _, kind in self.batch])
         if (~main).any():
             self.harvester.update_pilot(ids[~main], {k: v[~main.to(v.device)] for k, v in acts.items()})
         if main.any():
-            main_acts = {k: v[main.to(v.device)] for k, v in acts.items()}
+            # the common case, every excerpt a main one, copies no activations and waits on no device
+            main_acts = acts if main.all() else {k: v[main.to(v.device)] for k, v in acts.items()}
             self.harvester.update(ids[main], main_acts)
             self.covariance.update(main_acts)
             self.pending += [
