@@ -67,6 +67,8 @@ class NeuronStats(_Frozen):
     max_activation: float
     quantile_boundaries: list[float]
     """Per-excerpt maximum activation at quantiles 0.5, 0.9, 0.99, 0.999 (see docs/data_format.md)."""
+    density: float | None = None
+    """Fraction of tokens with an activation above zero (None for imported statistics)."""
 
 
 class NeuronRecord(_Frozen):

@@ -284,6 +284,7 @@ class LayerState:
 def stats_table(layer: int, moments: Moments, boundaries: np.ndarray) -> pa.Table:
     """The `neuron_stats` table of one layer from its moments and (N, 4) quantile boundaries."""
     stats = {k: v.cpu().numpy() for k, v in moments.stats().items()}
+    positive = moments.positive.cpu().numpy()
     n = len(stats["mean"])
     return pa.table(
         {
@@ -296,6 +297,8 @@ def stats_table(layer: int, moments: Moments, boundaries: np.ndarray) -> pa.Tabl
             "kurtosis": pa.array(stats["kurtosis"], from_pandas=True),
             "min_activation": pa.array(stats["min"]),
             "max_activation": pa.array(stats["max"]),
+            "positive_count": pa.array(positive),
+            "density": pa.array(positive / max(moments.n, 1)),
             "quantile_boundaries": pa.FixedSizeListArray.from_arrays(pa.array(boundaries.reshape(-1)), 4),
             "m2": pa.array(moments.m2.cpu().numpy()),
             "m3": pa.array(moments.m3.cpu().numpy()),

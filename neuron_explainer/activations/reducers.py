@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from neuron_explainer.activations.selection import SelectK, SharedSelectK, is_sync_free, merge_sorted
+from neuron_explainer.errors import ActivationError
 
 __all__ = [
     "Moments",
@@ -66,6 +67,8 @@ class Moments:
         self.m4 = torch.zeros(n_neurons, dtype=torch.float64, device=device)
         self.min = torch.full((n_neurons,), float("inf"), dtype=torch.float64, device=device)
         self.max = torch.full((n_neurons,), float("-inf"), dtype=torch.float64, device=device)
+        self.positive = torch.zeros(n_neurons, dtype=torch.int64, device=device)
+        """Tokens with an activation above zero (the density's numerator)."""
 
     def update(self, x: torch.Tensor) -> None:
         """Offer a batch of activations x of shape (B, T, N): B excerpts of T tokens, N neurons."""
@@ -86,11 +89,13 @@ class Moments:
         chunks = [(start, x[start : start + rows]) for start in range(0, b, rows)]
         sums = torch.empty((b, n), dtype=torch.float32, device=x.device)
         minima, maxima = torch.empty((2, b, n), dtype=x.dtype, device=x.device)
+        positive = torch.zeros(n, dtype=torch.int64, device=x.device)
         for start, chunk in chunks:
             rows_here = slice(start, start + len(chunk))
             torch.sum(chunk, 1, dtype=torch.float32, out=sums[rows_here])
             torch.amin(chunk, 1, out=minima[rows_here])
             torch.amax(chunk, 1, out=maxima[rows_here])
+            positive += (chunk > 0).sum((0, 1))
         # Centre on the float64 mean rounded to float32; the power sums about that centre are then
         # turned into exact central moments (delta is the tiny offset left by the rounding).
         mean64 = sums.double().sum(0) / nb
@@ -117,6 +122,7 @@ class Moments:
         other.m4 = s4 - 4 * delta * s3 + 6 * delta**2 * s2 - 3 * nb * delta**4
         other.min = minima.amin(0).double()
         other.max = maxima.amax(0).double()
+        other.positive = positive
         return other, minima, maxima
 
     def merge(self, other: Moments) -> None:
@@ -126,7 +132,7 @@ class Moments:
             return
         if na == 0:
             self.n, self.mean, self.m2, self.m3, self.m4 = nb, other.mean, other.m2, other.m3, other.m4
-            self.min, self.max = other.min, other.max
+            self.min, self.max, self.positive = other.min, other.max, other.positive
             return
         n = na + nb
         delta = other.mean - self.mean
@@ -149,6 +155,7 @@ class Moments:
         self.m2, self.m3, self.m4, self.n = m2, m3, m4, n
         self.min = torch.minimum(self.min, other.min)
         self.max = torch.maximum(self.max, other.max)
+        self.positive = self.positive + other.positive
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Mean, population variance, skewness and excess kurtosis (NaN where variance is 0)."""
@@ -178,14 +185,20 @@ class Moments:
             "m4": self.m4,
             "min": self.min,
             "max": self.max,
+            "positive": self.positive,
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore from `state_dict()` output."""
         device = self.mean.device
         self.n = int(state["n"])
+        if "positive" not in state:
+            raise ActivationError(
+                "the harvest checkpoint predates the density count; remove harvest_state.pt and harvest again"
+            )
         for name in ("mean", "m2", "m3", "m4", "min", "max"):
             setattr(self, name, state[name].to(device=device, dtype=torch.float64))
+        self.positive = state["positive"].to(device=device, dtype=torch.int64)
 
 
 def quantile_boundaries(values: torch.Tensor, quantiles: tuple[float, ...]) -> torch.Tensor:

@@ -69,6 +69,9 @@ def _merge_stats(tables: list[pa.Table]) -> pa.Table:
         m.mean = torch.tensor(t["mean"].to_numpy())
         m.m2, m.m3, m.m4 = (torch.tensor(t[c].to_numpy()) for c in ("m2", "m3", "m4"))
         m.min, m.max = torch.tensor(t["min_activation"].to_numpy()), torch.tensor(t["max_activation"].to_numpy())
+        if "positive_count" not in t.column_names or t["positive_count"].null_count:
+            raise RunDirError("a shard's neuron_stats has no positive_count: it was harvested by an older version")
+        m.positive = torch.tensor(t["positive_count"].to_numpy())
         if merged is None:
             merged = m
         else:

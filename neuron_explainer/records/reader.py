@@ -85,6 +85,7 @@ def load_neuron_stats(run_dir: str | Path, layer: int, neuron: int) -> NeuronSta
         min_activation=row["min_activation"],
         max_activation=row["max_activation"],
         quantile_boundaries=row["quantile_boundaries"],
+        density=row.get("density"),
     )
 
 

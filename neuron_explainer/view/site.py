@@ -131,7 +131,7 @@ class _Builder:
     def layer(self, layer: int, stats: pd.DataFrame, keys: list[Key], progress: ProgressFn | None) -> None:
         """Write one layer's index file and its neuron pages."""
         src, report = self.src, self.report
-        has_density = "density" in stats.columns
+        has_density = "density" in stats.columns and bool(stats["density"].notna().all())
         # the records are needed for pages, and for the index only to estimate a missing density
         every = self.wanted is None and self.page_set is None
         selected = None if self.wanted is None else stats.neuron.astype(int).tolist()

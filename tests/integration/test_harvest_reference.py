@@ -133,6 +133,8 @@ def assert_statistics(st, a: np.ndarray) -> None:
         np.testing.assert_allclose(st["skewness"], scipy.stats.skew(flat), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(st["kurtosis"], scipy.stats.kurtosis(flat), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(st["max_activation"], flat.max(), rtol=1e-5)
+    assert st["positive_count"] == int((flat > 0).sum())
+    assert st["density"] == pytest.approx((flat > 0).mean())
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])

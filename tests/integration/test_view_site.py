@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from neuron_explainer.errors import ConfigError, RunDirError
-from neuron_explainer.records.reader import load_neuron_record
+from neuron_explainer.records.reader import load_neuron_record, load_neuron_stats
 from neuron_explainer.records.store import RunStore
 from neuron_explainer.records.tables import read_table
 from neuron_explainer.stages.score import summary as score_summary
@@ -62,7 +62,7 @@ def test_site_layout_and_index_rows(site: Path, view_run: Path) -> None:
     assert sorted(chunks) == manifest["layers"]
     assert all(chunk["neuron"] == list(range(n)) and chunk["pages"] is None for chunk in chunks.values())
     report = json.loads((site / "nx-site.json").read_text())
-    assert report["n_neurons"] == report["n_pages"] == len(pages) and report["density_estimated"] is True
+    assert report["n_neurons"] == report["n_pages"] == len(pages) and report["density_estimated"] is False
 
 
 def test_index_scores_are_the_best_explanation_per_neuron(site: Path, view_run: Path) -> None:
@@ -80,8 +80,26 @@ def test_index_scores_are_the_best_explanation_per_neuron(site: Path, view_run: 
     assert all(chunks[layer]["tr"][chunks[layer]["neuron"].index(n)] is None for layer, n in unexplained)
 
 
-def test_index_density_is_estimated_from_random_records(site: Path, view_run: Path) -> None:
+def test_index_density_is_the_harvests(site: Path, view_run: Path) -> None:
     chunks = index_chunks(site)
+    for layer, n in [(0, 0), (0, 1), (1, 5), (1, 127)]:
+        expected = load_neuron_stats(view_run, layer, n).density
+        assert expected is not None and 0 < expected < 1
+        assert chunks[layer]["dens"][chunks[layer]["neuron"].index(n)] == pytest.approx(expected, abs=6e-4)
+
+
+def test_without_a_density_column_the_index_estimates_it_from_random_records(view_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    shutil.copytree(view_run, run)
+    for path in (run / "neuron_stats").glob("*.parquet"):  # as a run harvested before the column existed
+        pq.write_table(pq.read_table(path).drop_columns(["positive_count", "density"]), path)
+    report = build_site(run, tmp_path / "site", pages=[(1, 5)])
+    assert report.density_estimated is True
+    chunks = index_chunks(tmp_path / "site")
     for layer, n in [(0, 0), (0, 1), (1, 5), (1, 127)]:
         record = load_neuron_record(view_run, layer, n)
         values = np.concatenate([r.activations for r in record.random_sample])
@@ -251,7 +269,8 @@ def test_a_density_column_in_neuron_stats_is_used_as_is(view_run: Path, tmp_path
     shutil.copytree(view_run, run)
     for path in (run / "neuron_stats").glob("*.parquet"):
         table = pq.read_table(path)
-        pq.write_table(table.append_column("density", pc.divide(pc.cast(table["neuron"], "float64"), 1000.0)), path)
+        where = table.schema.get_field_index("density")
+        pq.write_table(table.set_column(where, "density", pc.divide(pc.cast(table["neuron"], "float64"), 1000.0)), path)
     report = build_site(run, tmp_path / "site", pages=[(1, 5)])
     assert report.density_estimated is False and report.n_pages == 1
     chunk = index_chunks(tmp_path / "site")[1]

@@ -83,6 +83,23 @@ def test_moments_match_scipy_and_merge() -> None:
     np.testing.assert_allclose(a.stats()["kurtosis"].numpy(), st["kurtosis"], rtol=1e-6)
 
 
+def test_moments_count_positive_tokens_through_merges() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 16, 9)).astype(np.float32) - np.linspace(-2, 2, 9, dtype=np.float32)
+    x[:, :, 0] = 0.0  # zero is not active
+    whole, a, b = (Moments(9, device="cpu") for _ in range(3))
+    whole.update(torch.tensor(x))
+    a.update(torch.tensor(x[:13]))
+    b.update(torch.tensor(x[13:]))
+    b.merge(a)
+    want = (x > 0).sum((0, 1))
+    np.testing.assert_array_equal(whole.positive.numpy(), want)
+    np.testing.assert_array_equal(b.positive.numpy(), want)
+    restored = Moments(9, device="cpu")
+    restored.load_state_dict(b.state_dict())
+    np.testing.assert_array_equal(restored.positive.numpy(), want)
+
+
 def test_moments_constant_neuron_gives_nan_shape_stats() -> None:
     m = Moments(2, device="cpu")
     m.update(torch.tensor([[[1.0, 0.0], [1.0, 2.0]]]))
