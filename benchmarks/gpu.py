@@ -8,9 +8,10 @@ Workloads (random weights built from configs, random token ids: nothing is downl
   harvest     GPT-2 XL shape (48 layers, d_model 1600, 6400 MLP neurons), bf16; every layer harvested
               (top 20, random 20, 5 x 5 quantile samples, moments) over a synthetic corpus. Also the bare
               truncated forward, so the reducers' share shows.
-  simulation  Llama-3-8B shape. This branch has no batched local back end, so this times the equivalent
-              forward: one ~700-token few-shot prefix computed once, its KV cache reused by a batch of
-              excerpt suffixes, the LM head applied only at the slot positions (one per excerpt token).
+  simulation  Llama-3-8B shape, through the package's batched slot scorer (the in-process simulation path):
+              one ~700-token few-shot prefix computed once, its KV cache viewed across batches of excerpt
+              suffixes packed by a token budget, the output head applied only at the slot positions and
+              only to the label rows.
   generation  Llama-3-8B shape, batched greedy generation (prefill + decode), as an explainer would run.
 
 Columns: achieved TFLOP/s; ÷ peak (the model FLOP utilisation); time ÷ FLOP floor (the time the counted
@@ -24,8 +25,6 @@ name, else are measured (a large matmul, a large copy) and marked so.
 from __future__ import annotations
 
 import argparse
-import copy
-import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -240,52 +239,52 @@ def bench_harvest(s: Shapes, dev: Device) -> list[Row]:
 
 
 def bench_simulation(model: nn.Module, s: Shapes, dev: Device) -> Row:
-    """Shared-prefix forward, batched suffixes, LM head at slot positions only."""
+    """The batched slot scorer over prompts of a shared prefix and random excerpt suffixes."""
+    from types import SimpleNamespace
+
+    from neuron_explainer.llm.hf_batch import Encoded, PrefixStore, SlotScorer
+
     cfg = model.config
     gen = torch.Generator().manual_seed(1)
-    prefix = torch.randint(0, cfg.vocab_size, (1, s.sim_prefix), generator=gen).to(dev.device)
-    suffixes = torch.randint(0, cfg.vocab_size, (s.sim_batches, s.sim_batch, s.sim_suffix), generator=gen)
-    suffixes = suffixes.to(dev.device)
-    step = s.sim_suffix // s.sim_slots
-    slots = torch.arange(s.sim_slots, device=dev.device) * step + step - 1
-    levels = torch.arange(11, device=dev.device)  # stand-ins for the tokens "0".."10"
-    decoder = model.model
-    # transformers 5.x renames `past_key_values` to `cache`; take whichever this version has
-    new_names = "cache" in inspect.signature(decoder.forward).parameters
-    name = "cache" if new_names else "past_key_values"
-
-    def run(batches: torch.Tensor) -> list[torch.Tensor]:
-        cache = getattr(decoder(input_ids=prefix, use_cache=True), name)
-        out = []
-        for batch in batches:
-            kv = copy.deepcopy(cache)
-            kv.batch_repeat_interleave(len(batch))
-            hidden = decoder(input_ids=batch, use_cache=True, **{name: kv}).last_hidden_state
-            logits = model.lm_head(hidden[:, slots])
-            out.append(torch.log_softmax(logits.float(), -1)[..., levels])
-        return out
-
-    with torch.no_grad():
-        run(suffixes[:1])
-        seconds, _ = dev.timed(run, suffixes)
-    layers, width = cfg.num_hidden_layers, cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
-    weights, head = matmul_weights(decoder.layers), cfg.vocab_size * cfg.hidden_size
+    prefix = torch.randint(0, cfg.vocab_size, (s.sim_prefix,), generator=gen).tolist()
     n_exc = s.sim_batches * s.sim_batch
+    suffixes = torch.randint(0, cfg.vocab_size, (n_exc, s.sim_suffix), generator=gen).tolist()
+    step = s.sim_suffix // s.sim_slots
+    reads = [s.sim_prefix + k * step + step - 1 for k in range(s.sim_slots)]
+    labels = tuple(range(11))  # stand-ins for the tokens "0".."10"
+    encoded = [Encoded(i, prefix + suffix, reads, ("t",) * s.sim_slots, labels) for i, suffix in enumerate(suffixes)]
+    # random ids need no tokenizer: the scorer reads only its padding id
+    scorer = SlotScorer(
+        model, SimpleNamespace(pad_token_id=0, eos_token_id=0), PrefixStore(), batch_tokens=s.sim_batch * s.sim_suffix
+    )
+
+    def run(rows: list[Encoded]) -> list:
+        scorer.store.clear()  # the prefix runs in every timed call
+        results: list = [None] * len(encoded)
+        scorer.score_encoded(rows, results)
+        return results
+
+    run(encoded[: s.sim_batch])
+    warm_batches = scorer.batches
+    seconds, results = dev.timed(run, encoded)
+    assert all(r is not None for r in results)
+    layers, width = cfg.num_hidden_layers, cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    weights = matmul_weights(model.model.layers)
     flops = (
         2.0 * weights * (s.sim_prefix + n_exc * s.sim_suffix)
         + attention_flops(layers, width, causal_positions(0, s.sim_prefix))
         + n_exc * attention_flops(layers, width, causal_positions(s.sim_prefix, s.sim_suffix))
-        + 2.0 * head * n_exc * s.sim_slots
+        + 2.0 * len(labels) * cfg.hidden_size * n_exc * s.sim_slots
     )
     kv_bytes = 2 * layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
     calls = s.sim_batches + 1
-    read = 2 * (weights + head) * calls + kv_bytes * n_exc * (s.sim_prefix + s.sim_suffix)
+    read = 2 * weights * calls + kv_bytes * n_exc * (s.sim_prefix + s.sim_suffix)
     roof = max(flops / dev.peak, read / dev.bandwidth)
     what = (
-        f"{n_exc} excerpts: {s.sim_prefix}-token shared prefix + {s.sim_suffix}, head at {s.sim_slots} slots "
-        "(no batched local back end on this branch: the equivalent forward)"
+        f"{n_exc} excerpts: {s.sim_prefix}-token shared prefix + {s.sim_suffix}, {s.sim_slots} slots each, "
+        f"{scorer.batches - warm_batches} suffix batches (SlotScorer)"
     )
-    return Row("simulation (equivalent fwd)", what, seconds, n_exc * s.sim_suffix, flops, roof)
+    return Row("batched simulation", what, seconds, n_exc * s.sim_suffix, flops, roof)
 
 
 def bench_generation(model: nn.Module, s: Shapes, dev: Device) -> Row:

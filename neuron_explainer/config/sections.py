@@ -261,6 +261,11 @@ class LLMConfig(FrozenConfig):
     """Torch device of in-process (`local:`) models."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of in-process (`local:`) models."""
+    slot_batch_tokens: int = Field(default=2048, ge=64)
+    """In-process simulation: most padded suffix tokens per forward (rows x longest excerpt prompt after the
+    shared prefix). Raise it on a GPU (e.g. 65536); results do not depend on it."""
+    generate_batch_tokens: int = Field(default=16384, ge=64)
+    """In-process explanation: most padded tokens (rows x (longest prompt + max_tokens)) generated together."""
     max_in_flight: int = Field(default=4, ge=1)
     """Requests outstanding at once per back end; also the number of units a stage keeps in flight."""
     timeout_seconds: float = Field(default=120.0, gt=0)

@@ -276,19 +276,26 @@ class SlotScorer:
     def score(self, requests: Sequence[SlotRequest], label_mass: bool = False) -> list[SlotLogprobs | SlotError]:
         """Label log-probabilities at every slot of every request; a request that cannot be scored gets its error."""
         encoded, results = self.encode(requests)
-        if encoded:
-            self.head.check(self.module, encoded[0].ids)
-            n, cache = self.shared_prefix(encoded)
-            for batch in pack([len(e.ids) - n for e in encoded], self.batch_tokens):
-                rows = [encoded[j] for j in batch]
-                with torch.no_grad():
-                    hidden = self.hidden_states(rows, n, cache)
-                    device = hidden.device
-                    rows_at = torch.tensor([b for b, r in enumerate(rows) for _ in r.reads], device=device)
-                    cols_at = torch.tensor([p - n for r in rows for p in r.reads], device=device)
-                    for row, out in zip(rows, self._read(rows, hidden[rows_at, cols_at], label_mass), strict=True):
-                        results[row.index] = out
+        self.score_encoded(encoded, results, label_mass)
         return [r for r in results if r is not None]
+
+    def score_encoded(
+        self, encoded: Sequence[Encoded], results: list[SlotLogprobs | SlotError | None], label_mass: bool = False
+    ) -> None:
+        """Score tokenised requests into `results[e.index]` (benchmarks build `Encoded` rows from token ids)."""
+        if not encoded:
+            return
+        self.head.check(self.module, encoded[0].ids)
+        n, cache = self.shared_prefix(encoded)
+        for batch in pack([len(e.ids) - n for e in encoded], self.batch_tokens):
+            rows = [encoded[j] for j in batch]
+            with torch.no_grad():
+                hidden = self.hidden_states(rows, n, cache)
+                device = hidden.device
+                rows_at = torch.tensor([b for b, r in enumerate(rows) for _ in r.reads], device=device)
+                cols_at = torch.tensor([p - n for r in rows for p in r.reads], device=device)
+                for row, out in zip(rows, self._read(rows, hidden[rows_at, cols_at], label_mass), strict=True):
+                    results[row.index] = out
 
     def encode(self, requests: Sequence[SlotRequest]) -> tuple[list[Encoded], list[SlotLogprobs | SlotError | None]]:
         """Tokenise and check every request: the valid ones, and a result list holding the others' errors."""

@@ -38,7 +38,13 @@ def build_local(rest: str, settings: LLMConfig) -> LLMBackend:
         raise ConfigError("local back end needs a model: local:<hub id | dir | .gguf | builtin:name>")
     from neuron_explainer.llm.hf_local import LocalBackend
 
-    return LocalBackend.load(rest, device=settings.device, dtype=settings.dtype)
+    return LocalBackend.load(
+        rest,
+        device=settings.device,
+        dtype=settings.dtype,
+        slot_batch_tokens=settings.slot_batch_tokens,
+        generate_batch_tokens=settings.generate_batch_tokens,
+    )
 
 
 def base_urls(kind: str, rest: str) -> tuple[str, list[str]]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ROWS = ("truncated forward", "harvest", "simulation (equivalent fwd)", "explanation generation")
+ROWS = ("truncated forward", "harvest", "batched simulation", "explanation generation")
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
