@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from neuron_explainer.activations.reducers import (
@@ -375,3 +376,15 @@ class Harvester:
         """Restore from `state_dict()`."""
         for layer, s in self.states.items():
             s.load_state_dict(state[layer])
+
+
+def without_dead_features(records: pa.Table, stats: pa.Table) -> tuple[pa.Table, int]:
+    """The records of features that fired somewhere (max activation > 0), and how many never did.
+
+    Sparse features (SAE latents) are often dead: their records would be all zeros. Their statistics
+    rows stay, so a reader can tell a dead feature from a missing one.
+    """
+    live = pc.greater(stats["max_activation"], 0.0)
+    alive = pc.filter(stats["neuron"], live)
+    kept = records.filter(pc.is_in(records["neuron"], value_set=alive))
+    return kept, stats.num_rows - len(alive)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM, stats_table
+from neuron_explainer.activations.harvest import QUANTILE_STREAM, RANDOM_STREAM, stats_table, without_dead_features
 from neuron_explainer.activations.reducers import Moments, excerpt_keys
 from neuron_explainer.config import HarvestConfig, harvest_semantic_hash
 from neuron_explainer.directions.covariance import merge_covariance_files
@@ -129,6 +129,12 @@ def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     ranges = [tuple(m["harvest"]["result"]["excerpt_range"]) for m in manifests]
     out_store.root.mkdir(parents=True, exist_ok=True)
     layers = sorted({layer for ls in layer_sets for layer in ls})
+    first = manifests[0]
+    full_range = (ranges[0][0], ranges[-1][1])
+    # shards keep dead features' records (a latent dead in one range may fire in another); the whole drops them
+    kind = (first["harvest"].get("features") or {}).get("kind", "mlp")
+    drop_dead = kind != "mlp" and full_range == (0, base.n_excerpts)
+    dead: dict[str, int] = {}
     for layer in layers:
         if mode == "layers":
             src = next(s for s, ls in zip(stores, layer_sets, strict=True) if layer in ls)
@@ -136,16 +142,16 @@ def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
             shutil.copy(src.stats_path(layer), _mk(out_store.stats_path(layer)))
         else:
             records = pa.concat_tables([_read(s.records_path(layer)) for s in stores], promote_options="permissive")
-            write_table_atomic(
-                _select(records, base.seed, base), out_store.records_path(layer), **RECORDS_WRITE_OPTIONS
-            )
-            write_table_atomic(_merge_stats([_read(s.stats_path(layer)) for s in stores]), out_store.stats_path(layer))
+            records = _select(records, base.seed, base)
+            stats = _merge_stats([_read(s.stats_path(layer)) for s in stores])
+            if drop_dead:
+                records, dead[str(layer)] = without_dead_features(records, stats)
+            write_table_atomic(records, out_store.records_path(layer), **RECORDS_WRITE_OPTIONS)
+            write_table_atomic(stats, out_store.stats_path(layer))
     merge_covariance_files([s.root for s in stores], out_store.root, same_excerpts=mode == "layers")
     for s in stores if mode == "excerpts" else stores[:1]:
         for part in sorted(s.excerpts_dir.glob("part-*.parquet")):
             shutil.copy(part, _mk(out_store.excerpts_dir / part.name))
-    first = manifests[0]
-    full_range = (ranges[0][0], ranges[-1][1])
     merged_cfg = base.model_copy(
         update={
             "layers": None if base.layers is None and mode == "excerpts" else layers,
@@ -165,6 +171,7 @@ def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
             "n_tokens": (full_range[1] - full_range[0]) * base.excerpt_len,
             "excerpt_range": list(full_range),
             "documents_read": max(m["harvest"]["result"]["documents_read"] for m in manifests),
+            **({"dead_features": dead} if dead else {}),
         },
     )
     manifest = {**first, "harvest": harvest, "status": {"harvest": "complete"}}

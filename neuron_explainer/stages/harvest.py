@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from neuron_explainer.activations.corpus import Excerpt, iter_excerpts, open_corpus
-from neuron_explainer.activations.harvest import Harvester, HarvestShape
+from neuron_explainer.activations.harvest import Harvester, HarvestShape, without_dead_features
 from neuron_explainer.activations.models import SubjectModel, load_subject_model
 from neuron_explainer.activations.selection import to_device
 from neuron_explainer.activations.subject import wants_bos
@@ -43,18 +42,6 @@ logger = logging.getLogger(__name__)
 
 ExcerptProgress = Callable[[int, int], None]
 """Called with (excerpts processed so far, tokens processed so far) after every batch."""
-
-
-def without_dead_features(records: pa.Table, stats: pa.Table) -> tuple[pa.Table, int]:
-    """The records of features that fired somewhere (max activation > 0), and how many never did.
-
-    Sparse features (SAE latents) are often dead: their records would be all zeros. Their statistics
-    rows stay, so a reader can tell a dead feature from a missing one.
-    """
-    live = pc.greater(stats["max_activation"], 0.0)
-    alive = pc.filter(stats["neuron"], live)
-    kept = records.filter(pc.is_in(records["neuron"], value_set=alive))
-    return kept, stats.num_rows - len(alive)
 
 
 def git_sha() -> str | None:

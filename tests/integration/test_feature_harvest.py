@@ -205,3 +205,37 @@ def test_the_viewer_names_the_features(tiny_model_dirs, corpus_file, tmp_path) -
     report = build_site(tmp_path / "run", tmp_path / "site", pages=[(0, 1)])
     index = report.index.read_text()
     assert "sae features at model.layers.0:output (coder)" in index and report.n_neurons == N_LATENTS
+
+
+def test_sae_shards_merge_to_the_single_harvest(tiny_model_dirs, corpus_file, tmp_path) -> None:
+    from neuron_explainer.records.merge import merge_runs
+    from tests.integration.test_harvest_merge import assert_same_harvest
+
+    model_dir, cut, rare = tiny_model_dirs["llama"], 25, 5
+    common = {"top_k": 4, "random_k": 3, "quantile_k": 2, "n_excerpts": 60, "quantile_pilot_excerpts": 20}
+    arrays = coder_arrays("standard", D_MODEL, N_LATENTS, D_MODEL, seed=11)
+    arrays["b_enc"][DEAD] = -1e4
+    # latent `rare` fires only above its largest pre-activation in one range: live in one shard, dead in the other
+    probe = HarvestRun(harvest_cfg(model_dir, corpus_file, **common), tmp_path / "probe").run()
+    excerpts = ds.dataset(tmp_path / "probe" / "excerpts").to_table().to_pandas().sort_values("excerpt_id")
+    ids = torch.tensor(np.stack(excerpts.token_ids.to_numpy()))
+    if probe["harvest"]["prepend_bos"]:
+        ids = torch.cat([torch.full((len(ids), 1), AutoTokenizer.from_pretrained(model_dir).bos_token_id), ids], 1)
+    block = HookSpec(BLOCK0["llama"], "output")
+    x = capture_activations(AutoModelForCausalLM.from_pretrained(model_dir).eval(), [block], ids)[block]
+    x = x[:, 1:] if probe["harvest"]["prepend_bos"] else x
+    pre = ((x.double().numpy() - arrays["b_dec"]) @ arrays["W_enc"][:, rare]).max(1)  # per excerpt, before b_enc
+    low, high = sorted([pre[:cut].max(), pre[cut:].max()])
+    arrays["b_enc"][rare] = -(low + high) / 2
+    cfg = saelens_v6_cfg("standard", D_MODEL, N_LATENTS, "blocks.0.hook_resid_post")
+    common["features"] = f"sae:{write_saelens(tmp_path / 'coder', cfg, arrays)}"
+    single = HarvestRun(harvest_cfg(model_dir, corpus_file, **common), tmp_path / "single").run()
+    shards = []
+    for a, b in ((0, cut), (cut, 60)):
+        HarvestRun(harvest_cfg(model_dir, corpus_file, excerpt_range=(a, b), **common), tmp_path / f"s{a}").run()
+        shards.append(tmp_path / f"s{a}")
+    live = [ds.dataset(s / "neuron_stats").to_table().to_pandas().max_activation.to_numpy() > 0 for s in shards]
+    assert live[0][rare] != live[1][rare]
+    merged = merge_runs(shards, tmp_path / "merged")
+    assert merged["harvest"]["result"]["dead_features"] == single["harvest"]["result"]["dead_features"] == {"0": 1}
+    assert_same_harvest(tmp_path / "single", tmp_path / "merged")

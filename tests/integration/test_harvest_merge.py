@@ -29,8 +29,8 @@ def assert_same_harvest(a: Path, b: Path) -> None:
         for col in x.columns:
             assert x[col].astype(str).tolist() == y[col].astype(str).tolist(), (name, col)
     x, y = frame(a, "neuron_stats", ["layer", "neuron"]), frame(b, "neuron_stats", ["layer", "neuron"])
-    for col in ("layer", "neuron", "count", "min_activation", "max_activation"):
-        assert x[col].tolist() == y[col].tolist()
+    for col in ("layer", "neuron", "count", "min_activation", "max_activation", "positive_count", "density"):
+        assert x[col].tolist() == y[col].tolist(), col
     np.testing.assert_array_equal(np.stack(x.quantile_boundaries), np.stack(y.quantile_boundaries))
     for col in ("mean", "variance", "skewness", "kurtosis", "m2", "m3", "m4"):
         np.testing.assert_allclose(x[col], y[col], rtol=1e-5, atol=1e-6)  # batch boundaries differ
