@@ -23,8 +23,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from neuron_explainer.config.sections import MOVED_KEYS, RunConfig
+from neuron_explainer.config.sections import RunConfig
 from neuron_explainer.errors import ConfigError
+
+MOVED_KEYS = {
+    "llm_device": "llm.device",
+    "max_concurrent": "llm.max_in_flight",
+    "llm_cache": "llm.cache",
+    "cache_logprobs": "llm.cache_logprobs",
+}
+"""Top-level keys of earlier versions -> where they live now (a config using them gets a message saying so)."""
 
 
 class PlainLoader(yaml.SafeLoader):

@@ -371,15 +371,6 @@ class RunConfig(FrozenConfig):
     """Throughput assumptions of `run --dry-run`."""
 
 
-MOVED_KEYS = {
-    "llm_device": "llm.device",
-    "max_concurrent": "llm.max_in_flight",
-    "llm_cache": "llm.cache",
-    "cache_logprobs": "llm.cache_logprobs",
-}
-"""Top-level keys of earlier versions -> where they live now (a config using them gets a message saying so)."""
-
-
 FEATURE_DEFAULTS: dict[str, Any] = {"features": "mlp", "hook": None, "whiten": True, "covariance_layers": []}
 """Settings added with feature sources (and the covariance for directions); at their defaults they are left
 out of the hash, so runs made before them keep theirs."""
