@@ -56,20 +56,45 @@ def fmt_score(value: float) -> str:
     return "undefined" if value != value else f"{value:.3f}"
 
 
+def explainer_labels(specs: Any) -> dict[str, str]:
+    """Short names for explainer specs in tables.
+
+    `baseline:lookup` -> `lookup`; one LLM explainer -> `LLM`; several -> their model names
+    (`local:builtin:smollm2-135m-instruct` -> `smollm2-135m-instruct`).
+    """
+    llms = sorted({s for s in specs if not s.startswith("baseline:")})
+    labels = {s: s.split(":", 1)[1] for s in specs if s.startswith("baseline:")}
+    for spec in llms:
+        labels[spec] = "LLM" if len(llms) == 1 else spec.split("@", 1)[0].rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    return labels
+
+
 def score_table(title: str, summary: Any) -> Any:
-    """A rich table of the score summary (stages/score.py `summary`), with ablation columns if any exist."""
+    """A rich table of the score summary (stages/score.py `summary`), with ablation columns if any exist.
+
+    Per neuron, LLM explanations come first and baselines after; the caption gives each explainer's mean
+    top-and-random score, so a weak explainer can be told from a broken scorer.
+    """
     from rich.table import Table
 
     ablation = summary[["ablation_top_and_random", "ablation_random_only"]].notna().any().any()
-    table = Table(title=title + (", ablation)" if ablation else ")"))
-    cols = ["neuron", "explanation", "top-and-random", "random-only"]
+    labels = explainer_labels(set(summary.explainer))
+    rows = summary.assign(
+        by=summary.explainer.map(labels), baseline=summary.explainer.str.startswith("baseline:")
+    ).sort_values(["layer", "neuron", "baseline", "by"], kind="stable")
+    means = rows.groupby(["baseline", "by"]).top_and_random.mean()
+    caption = "mean top-and-random: " + ", ".join(f"{by} {fmt_score(m)}" for (_, by), m in means.items())
+    caption += "".join(f"; LLM = {spec}" for spec, label in labels.items() if label == "LLM")
+    table = Table(title=title + (", ablation)" if ablation else ")"), caption=caption if len(rows) else None)
+    cols = ["neuron", "by", "explanation", "top-and-random", "random-only"]
     cols += ["ablation top-and-random", "ablation random-only"] if ablation else []
     for col in cols:
         table.add_column(col, justify="right" if "random" in col else "left")
-    for row in summary.itertuples():
+    for row in rows.itertuples():
         cells = [
             f"{row.layer}:{row.neuron}",
-            row.explanation,
+            row.by,
+            row.explanation.split(": ", 1)[-1] if row.baseline else row.explanation,  # baselines: the tokens
             fmt_score(row.top_and_random),
             fmt_score(row.random_only),
         ]
