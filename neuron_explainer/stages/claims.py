@@ -10,9 +10,11 @@ Files under `<run>/claims/<stage>/`:
     <unit>.failed     the unit failed at this file's mtime.
 
 Claiming is an exclusive `os.link` (atomic on local filesystems, NFS, Lustre and GPFS): of two workers
-linking one name, one fails. A claim whose owner has not heartbeated for `expiry` seconds is stale, and the
-next worker links `<unit>.<n+1>`, again exclusively, so one taker wins; the stale claim stays until the
-unit is released, so the chain of claims is never broken while a later one is live.
+linking one name, one fails. A claim whose owner has not heartbeated for `expiry` seconds is stale, and so
+is one whose owner ran on this machine and has exited (a rerun after a crash or a kill then continues at
+once instead of waiting for the expiry). The next worker links `<unit>.<n+1>`, again exclusively, so one
+taker wins; the stale claim stays until the unit is released, so the chain of claims is never broken
+while a later one is live.
 
 Done versus released: the owner writes the unit's rows, then `<unit>.done`, then removes its claims. A worker
 looks for the done marker again after it has claimed a unit, so it never repeats a unit that another worker
@@ -99,7 +101,7 @@ class UnitClaims:
     def __enter__(self) -> UnitClaims:
         """Register this worker and start its heartbeat thread."""
         (self.dir / "workers").mkdir(parents=True, exist_ok=True)
-        self.worker_file.write_text(json.dumps({"owner": self.owner, "pid": os.getpid()}))
+        self.worker_file.write_text(self._identity())
         self.heartbeat()
         self.started = self.now()
         self._thread = threading.Thread(target=self._beat_loop, name=f"claims-{self.dir.name}", daemon=True)
@@ -119,6 +121,9 @@ class UnitClaims:
         self.worker_file.unlink(missing_ok=True)
         self.cleanup()
 
+    def _identity(self) -> str:
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid()})
+
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.expiry / 4):
             self.heartbeat()
@@ -131,7 +136,7 @@ class UnitClaims:
             # removed as dead: this worker stalled past the expiry, and its claims may be taken over. It
             # registers again; its old claims are no longer its own (another inode), so their rows are dropped.
             logger.warning("claims: %s was removed as dead; registering again", self.worker_file)
-            self.worker_file.write_text(json.dumps({"owner": self.owner, "pid": os.getpid()}))
+            self.worker_file.write_text(self._identity())
         stat = self.worker_file.stat()
         with self._lock:
             self._beat, self._inode = (stat.st_mtime, time.monotonic()), stat.st_ino
@@ -171,7 +176,7 @@ class UnitClaims:
                 mtime = path.stat().st_mtime
             except FileNotFoundError:
                 return ClaimState.HELD  # released a moment ago: look again later
-            if self.now() - mtime <= self.expiry:
+            if self.now() - mtime <= self.expiry and not owner_exited(path):
                 return ClaimState.HELD
             seq += 1
         found = self._marker(name)  # finished by its owner between the first look and the link
@@ -246,7 +251,7 @@ class UnitClaims:
         workers = self.dir / "workers"
         for path in workers.iterdir() if workers.is_dir() else []:
             try:
-                if now - path.stat().st_mtime > self.expiry:
+                if now - path.stat().st_mtime > self.expiry or owner_exited(path):
                     path.unlink(missing_ok=True)  # its claims stay until taken over
                 else:
                     live += 1
@@ -263,3 +268,27 @@ class UnitClaims:
                             os.unlink(entry.path)
                     except FileNotFoundError:
                         pass
+
+
+def owner_exited(claim: Path) -> bool:
+    """Whether a claim's worker ran on this machine and its process no longer exists.
+
+    Only a certain death counts: another machine's worker, an unreadable file or a live process (even one
+    that reused the pid) leave the claim to the expiry.
+    """
+    try:
+        info = json.loads(claim.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+        return False
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no permission to signal it: it exists
+        return False
+    return False

@@ -191,3 +191,26 @@ def test_claims_need_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(os, "link", no_links)
     with pytest.raises(RunDirError, match="workers.claim=false"):
         a.acquire(KEY)
+
+
+def test_a_claim_of_an_exited_process_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from neuron_explainer.stages.claims import owner_exited
+
+    a, b = worker(tmp_path, expiry=3600.0), worker(tmp_path, expiry=3600.0)
+    assert a.acquire(KEY) is ClaimState.ACQUIRED
+    assert b.acquire(KEY) is ClaimState.HELD  # a lives (it is this very process)
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    info = json.loads(a.worker_file.read_text())
+    claim = a.held[claim_name(KEY)]
+    claim.write_text(json.dumps({**info, "pid": int(exited.stdout)}))  # as if a were that exited process
+    assert owner_exited(claim)
+    assert b.acquire(KEY) is ClaimState.ACQUIRED and b.taken_over == 1  # no wait for the hour-long expiry
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(json.dumps({**info, "host": "another-machine", "pid": int(exited.stdout)}))
+    assert not owner_exited(elsewhere)  # another machine's pids mean nothing here: wait for the expiry
+    elsewhere.write_text("not json")
+    assert not owner_exited(elsewhere)
