@@ -46,7 +46,8 @@ from neuron_explainer.llm.cache import CachedBackend
 from neuron_explainer.llm.managed import ManagedBackend
 from neuron_explainer.llm.openai_compat import build_chat_payload, pooled_http_client
 from neuron_explainer.llm.registry import build_backend
-from neuron_explainer.stages.runtime import StageReport, UnitResult, run_units
+from neuron_explainer.stages.runtime import StageReport
+from neuron_explainer.stages.units import UnitResult, run_units
 
 IN_FLIGHT = (1, 8, 64)
 COLUMNS = ("managed", "run_units", "2 replicas", "+ cache", "typed create")

@@ -17,7 +17,8 @@ from pathlib import Path
 from neuron_explainer.llm.hf_local import LocalBackend
 from neuron_explainer.prompts.templates import load_simulator_template
 from neuron_explainer.scoring.correlation import score_correlation
-from neuron_explainer.simulate.simulator import simulate
+from neuron_explainer.simulate.methods import method
+from neuron_explainer.simulate.simulator import SimulatorSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the neuron is defined with its test
 from tests.integration.test_real_simulator import EXPLANATIONS, synthetic_records  # noqa: E402
@@ -30,11 +31,12 @@ def main() -> None:
     args = p.parse_args()
     backend = LocalBackend.load(args.simulator)
     records, truth = synthetic_records(backend.tokenizer)
-    template = load_simulator_template()
+    setup = SimulatorSetup(backend, load_simulator_template())
+    run = method(args.method).run
     print(f"simulator {args.simulator}, method {args.method}, {len(records)} excerpts")
     for name, explanation in EXPLANATIONS.items():
         t0 = time.perf_counter()
-        sims = [asyncio.run(simulate(args.method, explanation, r, backend, template)).expected_values for r in records]
+        sims = [asyncio.run(run(explanation, r, setup)).expected_values for r in records]
         r = score_correlation(truth, sims).correlation
         print(f"{name:>10} {explanation!r:45} r = {r:.3f}   ({time.perf_counter() - t0:.1f} s)")
 
