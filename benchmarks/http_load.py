@@ -46,8 +46,9 @@ from neuron_explainer.llm.cache import CachedBackend
 from neuron_explainer.llm.managed import ManagedBackend
 from neuron_explainer.llm.openai_compat import build_chat_payload, pooled_http_client
 from neuron_explainer.llm.registry import build_backend
+from neuron_explainer.records.store import RunStore
 from neuron_explainer.stages.runtime import StageReport
-from neuron_explainer.stages.units import UnitResult, run_units
+from neuron_explainer.stages.units import PartWriter, UnitResult, run_units
 
 IN_FLIGHT = (1, 8, 64)
 COLUMNS = ("managed", "run_units", "2 replicas", "+ cache", "typed create")
@@ -87,18 +88,6 @@ def stub_process(latency: float) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-class NoWriter:
-    """run_units' part writer, writing nothing: the benchmark measures scheduling and HTTP only."""
-
-    units = 0
-
-    def add(self, result: UnitResult) -> None:
-        """Drop the unit's (empty) rows."""
-
-    def flush(self) -> None:
-        """Nothing to write."""
 
 
 def backend_for(column: str, urls: list[str], n: int, cache_dir: Path) -> Any:
@@ -144,8 +133,9 @@ async def measure(column: str, urls: list[str], n: int, rounds: int, latency: fl
         if column in ("managed", "typed create"):
             await asyncio.gather(*(one() for _ in range(count)))  # the wrapper's limit keeps n outstanding
         else:
-            report = StageReport("bench")
-            await run_units(range(count), one, report=report, writer=NoWriter(), max_in_flight=n)  # type: ignore[arg-type]
+            # the stage's own part writer: units without rows write no file, so only scheduling is measured
+            writer = PartWriter(RunStore(cache_dir / "units"), "failures")
+            await run_units(range(count), one, report=StageReport("bench"), writer=writer, max_in_flight=n)
 
     try:
         await many(2 * n)  # warm-up: 2 x n, so that each of 2 replicas has its connections open too
