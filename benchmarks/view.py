@@ -107,6 +107,9 @@ def write_layer(run: Path, layer: int, n: int, rng: np.random.Generator) -> np.n
         "min_activation": amin,
         "max_activation": amax,
     }
+    density = rng.uniform(0.0, 0.5, n)  # as a harvest writes them (older runs lack both: the index estimates)
+    stats["positive_count"] = np.round(density * 10**7).astype(np.int64)
+    stats["density"] = stats["positive_count"] / 10**7
     table = pa.table({k: pa.array(v) for k, v in stats.items()})
     table = table.append_column("quantile_boundaries", pa.FixedSizeListArray.from_arrays(pa.array(bounds.ravel()), 4))
     for m in ("m2", "m3", "m4"):
