@@ -62,12 +62,13 @@ def offline_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
-def make_tokenizer(with_bos: bool):
+def make_tokenizer(with_bos: bool, extra_words: tuple[str, ...] = ()):
+    """A WordLevel tokenizer over WORDS (+ `extra_words`), with a [BOS] token prepended if `with_bos`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"[UNK]": 0, "[BOS]": 1}
-    for w in WORDS:
+    for w in (*WORDS, *extra_words):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -89,19 +90,7 @@ def make_tiny_model(family: str, vocab_size: int):
         cfg = tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=vocab_size)
         model = tf.GPT2LMHeadModel(cfg)
     elif family == "llama":
-        cfg = tf.LlamaConfig(
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=64,
-            bos_token_id=1,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-        model = tf.LlamaForCausalLM(cfg)
+        model = tf.LlamaForCausalLM(tiny_llama_config(vocab_size))
     elif family == "gpt_neox":
         cfg = tf.GPTNeoXConfig(
             hidden_size=32,
@@ -114,7 +103,31 @@ def make_tiny_model(family: str, vocab_size: int):
         model = tf.GPTNeoXForCausalLM(cfg)
     else:
         raise ValueError(family)
-    # Larger weights than the default init give activations with a usable spread.
+    return scaled(model)
+
+
+def tiny_llama_config(vocab_size: int, positions: int = 64):
+    """The tiny Llama of the tests: 2 layers, width 32, 48 MLP neurons."""
+    import transformers as tf
+
+    return tf.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=positions,
+        bos_token_id=1,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+
+
+def scaled(model):
+    """The model with its matrices 8x the default init (activations with a usable spread), in eval mode."""
+    import torch
+
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:

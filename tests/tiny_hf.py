@@ -6,26 +6,14 @@ slot tokens and labels; whitespace (tabs, newlines) separates tokens and is not 
 
 from __future__ import annotations
 
-from tests.conftest import WORDS
+from tests.conftest import make_tokenizer, scaled, tiny_llama_config
 
 EXTRA = tuple(str(d) for d in range(11)) + ("unknown", "<start>", "<end>", "Neuron", "Explanation:", "Activations:")
 
 
 def make_label_tokenizer(with_bos: bool = True):
     """A WordLevel tokenizer over WORDS + digits + the simulator prompt's structural words."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "[BOS]": 1}
-    for w in (*WORDS, *EXTRA):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    if with_bos:
-        tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    kwargs = {"bos_token": "[BOS]"} if with_bos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **kwargs), len(vocab)
+    return make_tokenizer(with_bos, EXTRA)
 
 
 SLIDING_WINDOW = 8
@@ -51,19 +39,7 @@ def make_model(family: str, vocab_size: int, positions: int = 64):
             )
         )
     elif family == "llama":
-        cfg = tf.LlamaConfig(
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=positions,
-            bos_token_id=1,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-        model = tf.LlamaForCausalLM(cfg)
+        model = tf.LlamaForCausalLM(tiny_llama_config(vocab_size, positions))
     elif family == "gemma3":
         cfg = tf.Gemma3TextConfig(
             vocab_size=vocab_size,
@@ -84,8 +60,4 @@ def make_model(family: str, vocab_size: int, positions: int = 64):
         model = tf.Gemma3ForCausalLM(cfg)
     else:
         raise ValueError(family)
-    with torch.no_grad():  # larger weights than the default init: peaked, varied predictions
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(8.0)
-    return model.eval()
+    return scaled(model)  # larger weights than the default init: peaked, varied predictions
