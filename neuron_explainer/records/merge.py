@@ -137,7 +137,12 @@ def merge_runs(shards: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     dead: dict[str, int] = {}
     for layer in layers:
         if mode == "layers":
-            src = next(s for s, ls in zip(stores, layer_sets, strict=True) if layer in ls)
+            src, src_manifest = next(
+                (s, m) for s, m in zip(stores, manifests, strict=True) if layer in m["harvest"]["layers"]
+            )
+            src_dead = src_manifest["harvest"]["result"].get("dead_features", {})
+            if str(layer) in src_dead:  # the layer shard harvested the whole range and dropped them itself
+                dead[str(layer)] = src_dead[str(layer)]
             shutil.copy(src.records_path(layer), _mk(out_store.records_path(layer)))
             shutil.copy(src.stats_path(layer), _mk(out_store.stats_path(layer)))
         else:
